@@ -1,0 +1,67 @@
+# Two commands for a new user: `make serve` and `make test`. Everything else is a helper.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REPO := model_repository
+BUILT := $(REPO)/model.json
+HOST ?= 127.0.0.1
+PORT ?= 8080
+ARGS ?=
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help install repo serve triton test test-slow lint bench engines clean-repo
+
+help:
+	@echo "make serve   install, build the default model repository if absent, run Triton + gateway"
+	@echo "make test    install, build the default repository if absent, run the whole suite"
+	@echo "make repo    (re)build the model repository; pass options with ARGS='--model ...'"
+	@echo "make triton  run only the local Triton on $(REPO)/cpu"
+	@echo "make bench   images/s per variant at batch 1 and 8 (docs/benchmarks/)"
+	@echo "make engines build TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
+	@echo "make lint    ruff check + ruff format --check"
+
+install: $(STAMP)
+
+# The stamp depends on the dependency files, so a change to them reinstalls.
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
+	@bash scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==26.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group dev \
+		-c requirements/constraints.txt
+	@touch $@
+
+# Built only when absent: model.json is written last, after every check and gate passed.
+$(BUILT): | $(STAMP)
+	$(BIN)/python -m build.cli --out $(REPO)
+
+repo: $(STAMP)
+	$(BIN)/python -m build.cli --out $(REPO) $(ARGS)
+
+serve: $(STAMP) $(BUILT)
+	$(BIN)/python -m local_triton.serve --repository $(REPO)/cpu --host $(HOST) --port $(PORT)
+
+triton: $(STAMP) $(BUILT)
+	$(BIN)/python -m local_triton --repository $(REPO)/cpu
+
+test: $(STAMP) $(BUILT)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP) $(BUILT)
+	$(BIN)/python -m build.bench $(ARGS)
+
+engines:
+	$(BIN)/python -m build.tensorrt_engine --repository $(REPO)
+
+clean-repo:
+	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*/*/1 $(REPO)/*/*/labels.txt

@@ -1,0 +1,119 @@
+"""The two exported graphs, both taking UINT8 NCHW images with normalisation baked in.
+
+* ClassifyGraph: image -> logits (timm's fused attention stays on: fastest path).
+* ExplainGraph: image -> logits + attention rollout for each head fusion (mean, max, min).
+
+Rollout (Abnar & Zuidema 2020), as the build contract states it: per layer fuse the heads,
+A' = 0.5*A + 0.5*I, normalise rows to sum to 1, multiply over all layers (R = A'_L ... A'_1), then
+read the query row (CLS, or the mean over the patch rows when the model has no CLS token) over the
+patch tokens and reshape it to the patch grid.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from build.contract import Preprocessing, TokenLayout
+
+HEAD_FUSIONS = ("mean", "max", "min")
+INPUT_NAME = "image"
+LOGITS = "logits"
+ROLLOUT_OUTPUTS = tuple(f"rollout_{fusion}" for fusion in HEAD_FUSIONS)
+
+
+class Normalise(nn.Module):
+    """uint8 [0, 255] -> (x / 255 - mean) / std as one multiply-add."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        super().__init__()
+        std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", mean / std)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float() * self.scale - self.shift
+
+
+class ClassifyGraph(nn.Module):
+    def __init__(self, model: nn.Module, pre: Preprocessing) -> None:
+        super().__init__()
+        self.normalise = Normalise(pre)
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalise(image))
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention module of every transformer block, in order; fails loudly if one is missing."""
+    found = []
+    for i, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
+            raise ValueError(
+                f"block {i} ({type(block).__name__}) has no timm Attention with attn_drop: "
+                "attention rollout needs timm's ViT attention"
+            )
+        found.append(attn)
+    return found
+
+
+def fuse_heads(attn: torch.Tensor, fusion: str) -> torch.Tensor:
+    """(B, heads, T, T) -> (B, T, T)."""
+    if fusion == "mean":
+        return attn.mean(dim=1)
+    if fusion == "max":
+        return attn.amax(dim=1)
+    if fusion == "min":
+        return attn.amin(dim=1)
+    raise ValueError(f"unknown head fusion {fusion!r}; expected one of {HEAD_FUSIONS}")
+
+
+class ExplainGraph(nn.Module):
+    """Classifier plus in-graph rollout. Works on a private copy with fused attention disabled,
+    because scaled_dot_product_attention never materialises the attention probabilities."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
+        super().__init__()
+        self.normalise = Normalise(pre)
+        self.model = copy.deepcopy(model).eval()
+        self.layout = layout
+        self._captured: list[torch.Tensor] = []
+        for attn in attention_modules(self.model):
+            attn.fused_attn = False
+            # attn_drop is identity in eval mode and receives softmax(QK^T): the attention probs.
+            attn.attn_drop.register_forward_hook(self._capture)
+        tokens = layout.num_prefix_tokens + layout.grid[0] * layout.grid[1]
+        self.register_buffer("eye", torch.eye(tokens, dtype=torch.float32))
+
+    def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._captured.append(output)
+
+    def _rollout(self, attentions: list[torch.Tensor], fusion: str) -> torch.Tensor:
+        result = None
+        for attn in attentions:
+            a = 0.5 * fuse_heads(attn, fusion) + 0.5 * self.eye
+            a = a / a.sum(dim=-1, keepdim=True)
+            # Starting from A'_1 rather than I @ A'_1 keeps constants out of every MatMul, so the
+            # INT8 recipe (which quantizes MatMuls with a constant operand) leaves rollout alone.
+            result = a if result is None else torch.matmul(a, result)
+        prefix = self.layout.num_prefix_tokens
+        if self.layout.query == "cls":
+            row = result[:, 0, prefix:]
+        else:
+            row = result[:, prefix:, prefix:].mean(dim=1)
+        return row.reshape(row.shape[0], self.layout.grid[0], self.layout.grid[1])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._captured = []
+        logits = self.model(self.normalise(image))
+        attentions, self._captured = self._captured, []
+        if len(attentions) != len(self.model.blocks):
+            raise RuntimeError(
+                f"captured {len(attentions)} attention maps for {len(self.model.blocks)} blocks"
+            )
+        return (logits, *(self._rollout(attentions, f) for f in HEAD_FUSIONS))

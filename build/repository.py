@@ -1,0 +1,166 @@
+"""Writes the Triton model repository: same model names, inputs and outputs for two targets.
+
+  model_repository/
+    model.json            preprocessing, token layout, labels (read by the gateway); written last
+    source/               the offline default's trained weights (for reference checks)
+    build_report.json     every check of the build (see README)
+    onnx/                 verified ONNX: {classify,explain}_{fp32,fp16,int8}.onnx
+    cpu/<model>/          python backend running the ONNX with OpenVINO or ONNX Runtime
+    gpu/<model>/          tensorrt_plan; 1/model.plan is built on a GPU host (make engines)
+
+Model names are vit_<task>_<precision>. config.pbtxt files are reviewed code, tracked in git;
+everything else here is a build output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from build.contract import ModelContract
+from build.graphs import HEAD_FUSIONS, INPUT_NAME, LOGITS
+
+TASKS = ("classify", "explain")
+PRECISIONS = ("fp32", "fp16", "int8")
+TARGETS = ("cpu", "gpu")
+BUILD_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    max_batch_size: int
+    max_queue_delay_us: int
+    max_queue_size: int
+    queue_timeout_us: int
+
+
+# CPU: batching gains at most ~1.3x here and batch 32 never beat 8 (docs/build.md), so batches
+# stay small and the queue short. GPU: larger batches pay; the queue still rejects, never grows.
+TARGET_SETTINGS = {
+    "cpu": TargetSettings(16, 2_000, 64, 5_000_000),
+    "gpu": TargetSettings(32, 500, 256, 2_000_000),
+}
+# OpenVINO INFERENCE_PRECISION_HINT per variant: fp32 is served at f32 (what it promises); the fp16
+# and int8 graphs let OpenVINO pick its fastest float type for their non-quantized parts.
+CPU_PRECISION_HINT = {"fp32": "f32", "fp16": "", "int8": ""}
+
+
+def model_name(task: str, precision: str) -> str:
+    return f"vit_{task}_{precision}"
+
+
+def onnx_path(repository: Path, task: str, precision: str) -> Path:
+    return repository / "onnx" / f"{task}_{precision}.onnx"
+
+
+def _dims(values: tuple[int, ...] | list[int]) -> str:
+    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
+
+
+def _tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
+    h, w = contract.preprocessing.input_size
+    inputs = f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: {_dims((3, h, w))} }}'
+    outputs = [
+        f'  {{ name: "{LOGITS}" data_type: TYPE_FP32 dims: {_dims((len(contract.labels),))}'
+        ' label_filename: "labels.txt" }'
+    ]
+    if task == "explain":
+        grid = _dims(contract.layout.grid)
+        outputs += [
+            f'  {{ name: "rollout_{f}" data_type: TYPE_FP32 dims: {grid} }}' for f in HEAD_FUSIONS
+        ]
+    return inputs, ",\n".join(outputs)
+
+
+def config_text(contract: ModelContract, target: str, task: str, precision: str) -> str:
+    s = TARGET_SETTINGS[target]
+    inputs, outputs = _tensor_blocks(contract, task)
+    lines = [f'name: "{model_name(task, precision)}"']
+    if target == "cpu":
+        lines.append('backend: "python"')
+    else:
+        lines.append('platform: "tensorrt_plan"')
+    lines += [
+        f"max_batch_size: {s.max_batch_size}",
+        f"input [\n{inputs}\n]",
+        f"output [\n{outputs}\n]",
+    ]
+    if target == "cpu":
+        lines.append("instance_group [ { kind: KIND_CPU count: 1 } ]")
+    else:
+        lines.append("instance_group [ { kind: KIND_GPU count: 1 } ]")
+    lines.append(
+        "dynamic_batching {\n"
+        f"  max_queue_delay_microseconds: {s.max_queue_delay_us}\n"
+        "  default_queue_policy {\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {s.queue_timeout_us}\n"
+        "    allow_timeout_override: true\n"
+        f"    max_queue_size: {s.max_queue_size}\n"
+        "  }\n"
+        "}"
+    )
+    if target == "cpu":
+        params = {
+            "runtime": "openvino",
+            "precision_hint": CPU_PRECISION_HINT[precision],
+            "num_threads": "0",
+        }
+        lines += [
+            f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}'
+            for k, v in params.items()
+        ]
+    else:
+        h, w = contract.preprocessing.input_size
+        for batch in sorted({1, s.max_batch_size}):
+            lines.append(
+                "model_warmup [ {\n"
+                f'  name: "zeros_batch_{batch}" batch_size: {batch}\n'
+                f'  inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 '
+                f"dims: {_dims((3, h, w))} zero_data: true }} }}\n"
+                "} ]"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write(repository: Path, contract: ModelContract, precisions: tuple[str, ...]) -> dict:
+    """Write both targets for the given precisions; returns the model names per target.
+
+    model.json goes last: its presence means a complete repository (make uses it as the marker)."""
+    (repository / "model.json").unlink(missing_ok=True)
+    labels = "\n".join(contract.labels) + "\n"
+    written: dict[str, list[str]] = {target: [] for target in TARGETS}
+    for target in TARGETS:
+        target_dir = repository / target
+        # Stale models (e.g. a precision no longer built) would still be loaded by Triton.
+        if target_dir.exists():
+            for old in target_dir.iterdir():
+                if old.is_dir() and old.name.startswith("vit_"):
+                    shutil.rmtree(old)
+        for task in TASKS:
+            for precision in precisions:
+                name = model_name(task, precision)
+                model_dir = target_dir / name
+                (model_dir / "1").mkdir(parents=True, exist_ok=True)
+                (model_dir / "config.pbtxt").write_text(
+                    config_text(contract, target, task, precision)
+                )
+                (model_dir / "labels.txt").write_text(labels)
+                if target == "cpu":
+                    version = model_dir / "1"
+                    _link_or_copy(onnx_path(repository, task, precision), version / "model.onnx")
+                    shutil.copy2(BUILD_DIR / "triton_python_model.py", version / "model.py")
+                    shutil.copy2(BUILD_DIR / "runtimes.py", version / "runtimes.py")
+                written[target].append(name)
+    contract.write(repository / "model.json")
+    return written

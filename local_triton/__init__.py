@@ -1,0 +1,1 @@
+"""Run the real Triton Inference Server locally, without Docker or a GPU (see launcher)."""

@@ -1,0 +1,5 @@
+import sys
+
+from local_triton.launcher import main
+
+sys.exit(main())

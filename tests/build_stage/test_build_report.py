@@ -1,0 +1,54 @@
+"""The build report of the default repository meets the build stage's acceptance bounds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from build import verify
+from build.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
+
+
+@pytest.fixture(scope="module")
+def report(repository):
+    return json.loads((repository / "build_report.json").read_text())
+
+
+def test_fp32_heldout_accuracy_and_training_time(report):
+    assert report["training"]["heldout_images"] == 360
+    assert report["training"]["seconds"] <= 180  # 2 minutes on 2 idle cores; CI margin
+    for runtime in ("onnxruntime", "openvino"):
+        assert report["variants"]["fp32"][runtime]["classify"]["accuracy"] >= 0.95
+
+
+def test_parity_within_bounds_for_every_runtime_and_batch(report):
+    assert verify.failures(report["parity"]) == []
+    for task in ("classify", "explain"):
+        assert report["parity"][task]["onnx_checker"] == "passed"
+        for runtime in ("onnxruntime", "openvino_f32"):
+            for batch in ("batch_1", "batch_8"):
+                entry = report["parity"][task][runtime][batch]
+                assert entry["logits"]["max_abs_diff"] <= 1e-4
+                assert entry["logits"]["top1_identical"]
+                if task == "explain":
+                    for fusion in ("mean", "max", "min"):
+                        assert entry[f"rollout_{fusion}"]["max_rel_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("precision", "limit"), [("int8", INT8_MAX_DROP_POINTS), ("fp16", FP16_FLAG_DROP_POINTS)]
+)
+def test_precision_drop_within_gate(report, precision, limit):
+    assert report["gates"][precision]["status"] == "passed"
+    for runtime in ("onnxruntime", "openvino"):
+        base = report["variants"]["fp32"][runtime]["classify"]["accuracy"]
+        got = report["variants"][precision][runtime]["classify"]["accuracy"]
+        assert 100 * (base - got) <= limit
+        heat = report["variants"][precision][runtime]["explain"]["heatmap_correlation_vs_fp32"]
+        assert heat["min"] >= 0.99
+
+
+def test_report_names_calibration_and_versions(report):
+    assert report["data"]["calibration"]["images"] >= 500
+    assert set(report["versions"]) >= {"torch", "timm", "onnx", "onnxruntime", "openvino"}

@@ -1,0 +1,93 @@
+"""config.pbtxt files are reviewed code: each parses against Triton's own model-config schema
+(the protobuf tritonclient ships) and agrees with the ONNX graph it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from build.repository import (
+    PRECISIONS,
+    TARGET_SETTINGS,
+    TARGETS,
+    TASKS,
+    config_text,
+    model_name,
+    onnx_path,
+)
+
+MODELS = [(t, task, p) for t in TARGETS for task in TASKS for p in PRECISIONS]
+ONNX_TO_TRITON = {onnx.TensorProto.UINT8: mc.TYPE_UINT8, onnx.TensorProto.FLOAT: mc.TYPE_FP32}
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    # text_format.Parse rejects unknown fields and wrong types, as Triton does.
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def onnx_io(path: Path) -> dict[str, tuple[int, list]]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    out = {}
+    for value in [*graph.input, *graph.output]:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+        out[value.name] = (tensor.elem_type, dims)
+    return out
+
+
+@pytest.mark.parametrize(("target", "task", "precision"), MODELS)
+def test_config_parses_and_matches_onnx(repository, contract, target, task, precision):
+    config = parse(repository / target / model_name(task, precision) / "config.pbtxt")
+    assert config.name == model_name(task, precision)
+    settings = TARGET_SETTINGS[target]
+    assert config.max_batch_size == settings.max_batch_size
+    io = onnx_io(onnx_path(repository, task, precision))
+    tensors = [*config.input, *config.output]
+    assert {t.name for t in tensors} == set(io)
+    for tensor in tensors:
+        elem_type, dims = io[tensor.name]
+        assert ONNX_TO_TRITON[elem_type] == tensor.data_type, tensor.name
+        assert isinstance(dims[0], str), f"{tensor.name}: batch dimension must be dynamic"
+        assert list(tensor.dims) == dims[1:], tensor.name
+    assert config.output[0].label_filename == "labels.txt"
+    labels = (repository / target / config.name / "labels.txt").read_text().splitlines()
+    assert labels == contract.labels
+    # Bounded queue: a full queue or an expired request is rejected fast, never queued forever.
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert policy.max_queue_size == settings.max_queue_size > 0
+    assert policy.default_timeout_microseconds == settings.queue_timeout_us
+    assert policy.allow_timeout_override
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_target_specific_fields(repository, task, precision):
+    cpu = parse(repository / "cpu" / model_name(task, precision) / "config.pbtxt")
+    assert cpu.backend == "python"
+    assert cpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert cpu.parameters["runtime"].string_value in ("openvino", "onnxruntime")
+    assert cpu.parameters["num_threads"].string_value.isdigit()
+    gpu = parse(repository / "gpu" / model_name(task, precision) / "config.pbtxt")
+    assert gpu.platform == "tensorrt_plan"
+    assert gpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    warm = {w.batch_size for w in gpu.model_warmup}
+    assert warm == {1, gpu.max_batch_size}
+
+
+def test_configs_on_disk_are_what_the_build_generates(repository, contract):
+    """The tracked config.pbtxt files and the generator cannot drift apart unnoticed."""
+    for target, task, precision in MODELS:
+        path = repository / target / model_name(task, precision) / "config.pbtxt"
+        assert path.read_text() == config_text(contract, target, task, precision), path
+
+
+def test_a_typo_in_a_config_is_caught(repository):
+    path = repository / "cpu" / model_name("classify", "fp32") / "config.pbtxt"
+    broken = path.read_text().replace("max_batch_size", "max_batch_sise")
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse(broken, mc.ModelConfig())

@@ -1,0 +1,66 @@
+"""The FP16 and INT8 graphs hold the precision the build promises (real ONNX graphs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from build.precision import weight_matmuls
+from build.repository import onnx_path
+
+
+@pytest.fixture(scope="module", params=["classify", "explain"])
+def graphs(request, repository):
+    task = request.param
+    return {p: onnx.load(str(onnx_path(repository, task, p))) for p in ("fp32", "fp16", "int8")}
+
+
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_int8_is_symmetric_per_channel_qdq(graphs):
+    model = graphs["int8"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq, "no Q/DQ nodes"
+    for node in [*dq, *(n for n in model.graph.node if n.op_type == "QuantizeLinear")]:
+        if len(node.input) > 2:  # TensorRT accepts only zero zero-points
+            assert not np.any(inits[node.input[2]]), node.name
+    weight_scales = [
+        inits[n.input[1]] for n in dq if n.input[0] in inits and inits[n.input[0]].ndim >= 2
+    ]
+    assert weight_scales and all(s.size > 1 for s in weight_scales), "weights must be per-channel"
+
+
+def test_int8_keeps_float_where_vit_needs_it(graphs):
+    model = graphs["int8"]
+    producers = _producers(model)
+    for node in model.graph.node:
+        if node.op_type in ("Softmax", "LayerNormalization", "Erf", "Add", "Div", "ReduceMax"):
+            assert all(
+                producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                for i in node.input[:1]
+            ), f"{node.name} reads a dequantized tensor"
+    _, attention = weight_matmuls(graphs["fp32"])
+    names = {n.name for n in model.graph.node}
+    for name in attention:  # attention and rollout matmuls: both inputs float
+        assert name in names
+        node = next(n for n in model.graph.node if n.name == name)
+        assert all(
+            producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+            for i in node.input
+        ), name
+
+
+def test_fp16_weights_and_kept_io_types(graphs):
+    fp16, fp32 = graphs["fp16"], graphs["fp32"]
+    float_inits = [i for i in fp16.graph.initializer if i.data_type in (1, 10) and len(i.dims) >= 2]
+    assert float_inits and all(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits)
+
+    def io(m):
+        return [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]
+
+    assert io(fp16) == io(fp32)

@@ -1,0 +1,136 @@
+"""A real tritonserver (from the nvidia-pytriton wheel) serving the built cpu repository."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from build import digits, rollout_reference, runtimes
+from build.graphs import HEAD_FUSIONS, ClassifyGraph
+from build.repository import PRECISIONS, TASKS, model_name, onnx_path
+from local_triton.launcher import LocalTriton, Ports, TritonLaunchError
+from tests.conftest import free_ports
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{triton.ports.grpc}") as c:
+        yield c
+
+
+def infer(client, model: str, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    image = grpcclient.InferInput("image", list(images.shape), "UINT8")
+    image.set_data_from_numpy(images)
+    wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
+    result = client.infer(model, [image], outputs=wanted, client_timeout=30)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+def outputs_of(task: str) -> list[str]:
+    return ["logits"] + ([f"rollout_{f}" for f in HEAD_FUSIONS] if task == "explain" else [])
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_model_answers_and_matches_onnx_runtime(client, repository, heldout, task, precision):
+    images = heldout.images[:16]
+    got = infer(client, model_name(task, precision), images, outputs_of(task))
+    ort = runtimes.create_runner("onnxruntime", str(onnx_path(repository, task, precision)))
+    expected = ort.run(images)
+    assert got["logits"].shape == (16, 10)
+    if precision == "fp32":  # served by OpenVINO at f32: same numbers as ONNX Runtime
+        np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-4)
+        for name in outputs_of(task)[1:]:
+            scale = np.abs(expected[name]).max()
+            assert np.abs(got[name] - expected[name]).max() / scale <= 1e-4
+    else:  # OpenVINO picks its own float type for these variants: same decisions, close numbers
+        agree = (got["logits"].argmax(1) == expected["logits"].argmax(1)).mean()
+        assert agree >= 15 / 16
+        assert np.abs(got["logits"] - expected["logits"]).max() < 0.5
+
+
+def test_rollout_served_by_triton_equals_the_pytorch_reference(
+    client, repository, contract, heldout
+):
+    model = digits.create_model()
+    model.load_state_dict(torch.load(repository / "source" / "digits_vit.pth", weights_only=True))
+    model.eval()
+    images = heldout.images[:8]
+    normalised = ClassifyGraph(model, contract.preprocessing).normalise(torch.from_numpy(images))
+    attentions = rollout_reference.extract_attentions(model, normalised)
+    got = infer(client, model_name("explain", "fp32"), images, outputs_of("explain"))
+    for fusion in HEAD_FUSIONS:
+        ref = rollout_reference.rollout(attentions, fusion, contract.layout).numpy()
+        assert np.abs(got[f"rollout_{fusion}"] - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_heldout_accuracy_through_triton(client, heldout):
+    model = model_name("classify", "int8")
+    batches = [heldout.images[i : i + 16] for i in range(0, len(heldout.images), 16)]
+    logits = np.concatenate([infer(client, model, b, ["logits"])["logits"] for b in batches])
+    assert (logits.argmax(1) == heldout.labels).mean() >= 0.95
+
+
+def test_concurrent_requests_are_batched(client, heldout):
+    model = model_name("classify", "fp32")
+    before = client.get_inference_statistics(model).model_stats[0]
+    threads = [
+        threading.Thread(target=infer, args=(client, model, heldout.images[i : i + 1], ["logits"]))
+        for i in range(32)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = client.get_inference_statistics(model).model_stats[0]
+    requests = after.inference_count - before.inference_count
+    executions = after.execution_count - before.execution_count
+    assert requests == 32
+    assert executions < requests, f"{executions} executions for {requests} requests: no batching"
+
+
+@pytest.mark.parametrize(
+    ("model", "images", "message"),
+    [
+        ("vit_classify_fp32", np.zeros((1, 3, 16, 16), np.uint8), "unexpected shape"),
+        ("vit_classify_fp32", np.zeros((17, 3, 32, 32), np.uint8), "batch-size must be <= 16"),
+        ("no_such_model", np.zeros((1, 3, 32, 32), np.uint8), "unknown model"),
+    ],
+)
+def test_malformed_requests_get_errors_and_server_stays_up(client, model, images, message):
+    with pytest.raises(InferenceServerException, match=message):
+        infer(client, model, images, ["logits"])
+    assert client.is_server_live() and client.is_server_ready()
+
+
+def test_wrong_dtype_is_rejected(client):
+    image = grpcclient.InferInput("image", [1, 3, 32, 32], "FP32")
+    image.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(InferenceServerException, match="data-type"):
+        client.infer("vit_classify_fp32", [image])
+    assert client.is_server_ready()
+
+
+def test_launcher_reports_a_taken_port(repository):
+    ports = free_ports()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports.grpc))
+        holder.listen()
+        with pytest.raises(TritonLaunchError, match=f"gRPC port {ports.grpc} is already in use"):
+            LocalTriton(repository / "cpu", Ports(ports.http, ports.grpc, ports.metrics)).start()
+
+
+def test_launcher_starts_and_stops_cleanly(repository, tmp_path):
+    log = (tmp_path / "triton.log").open("w")
+    server = LocalTriton(repository / "cpu", free_ports(), log=log).start()
+    assert server.process is not None and server.process.poll() is None
+    server.stop()
+    assert server.process.returncode == 0
+    log.close()
+    assert "successfully unloaded" in (tmp_path / "triton.log").read_text()
