@@ -63,6 +63,8 @@ def ensure_python_stub(root: Path) -> None:
 def ensure_ports_free(ports: Ports, host: str = "127.0.0.1") -> None:
     for label, port in (("HTTP", ports.http), ("gRPC", ports.grpc), ("metrics", ports.metrics)):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As servers do: a port whose old connections linger in TIME_WAIT is free to listen on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:

@@ -1,0 +1,1 @@
+"""FastAPI gateway in front of Triton: POST /classify and /explain, /metrics, /healthz, /readyz."""

@@ -1,0 +1,43 @@
+"""One typed settings object, read from the environment at start-up (not at import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC host:port")
+    model_metadata: Path = Field(
+        Path("model_repository/model.json"), description="model.json written by the build stage"
+    )
+    model_prefix: str = "vit"
+    default_precision: str = Field("fp32", description="variant used when a request names none")
+
+    request_timeout_s: float = Field(10.0, gt=0, description="deadline for the Triton call")
+    readiness_timeout_s: float = Field(2.0, gt=0)
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers")
+
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="whole request body")
+    max_files: int = Field(16, ge=1, description="images in one multipart request")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="width*height of one image")
+    max_in_flight: int = Field(64, ge=1, description="concurrent /classify + /explain requests")
+    max_heatmap_side: int = Field(2048, ge=64, description="cap on the overlay PNG's longer side")
+    preprocess_threads: int = Field(0, ge=0, description="decode/resize threads (0 = cores)")
+    jpeg_draft: bool = Field(
+        False, description="decode JPEGs at reduced scale when much larger than needed (faster)"
+    )
+    alpha_background: tuple[int, int, int] = Field(
+        (255, 255, 255), description="transparent pixels are composited on this RGB colour"
+    )
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _rgb(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError("alpha_background must be three values 0-255")
+        return value

@@ -1,0 +1,61 @@
+"""Rollout grid -> what a person looks at: a 0-1 grid, or the heat overlaid on the upload.
+
+The model saw only the centre crop, so the heat is drawn over that box of the original image and
+the rest is dimmed (the model never saw it).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from service.colormaps import lut
+from service.preprocess import CropBox
+
+OUTSIDE_CROP_BRIGHTNESS = 0.5
+
+
+def normalise(grid: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (float32); a constant grid becomes all zeros."""
+    grid = grid.astype(np.float32)
+    low, high = float(grid.min()), float(grid.max())
+    if high - low <= 0:
+        return np.zeros_like(grid)
+    return (grid - low) / (high - low)
+
+
+def overlay_png(
+    original: Image.Image,
+    grid01: np.ndarray,
+    box: CropBox,
+    colormap: str,
+    alpha: float,
+    max_side: int,
+) -> bytes:
+    width, height = original.size
+    scale = min(1.0, max_side / max(width, height))
+    base = original
+    if scale < 1.0:
+        base = original.resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+    out = np.asarray(base, dtype=np.float32) * OUTSIDE_CROP_BRIGHTNESS
+    left = max(0, round(box.left * scale))
+    top = max(0, round(box.top * scale))
+    right = min(base.width, max(left + 1, round(box.right * scale)))
+    bottom = min(base.height, max(top + 1, round(box.bottom * scale)))
+    heat = Image.fromarray(grid01.astype(np.float32), mode="F").resize(
+        (right - left, bottom - top), Image.Resampling.BILINEAR
+    )
+    index = np.clip(np.rint(np.asarray(heat) * 255.0), 0, 255).astype(np.uint8)
+    colours = lut(colormap)[index].astype(np.float32)
+    seen = np.asarray(base, dtype=np.float32)[top:bottom, left:right]
+    out[top:bottom, left:right] = (1.0 - alpha) * seen + alpha * colours
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB").save(
+        buffer, format="PNG", compress_level=1
+    )
+    return buffer.getvalue()

@@ -1,0 +1,47 @@
+"""Reading uploads from a request: multipart (one or several files) or a raw image body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+RAW_MEDIA_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+async def read_uploads(request: Request, max_files: int) -> list[Upload]:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return await _multipart(request, max_files)
+    if media_type.startswith(RAW_MEDIA_TYPES):
+        return [Upload(None, await request.body())]
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {media_type or '(none)'!r}: send multipart/form-data with "
+        "one or more files, or the image itself with an image/* Content-Type"
+    )
+
+
+async def _multipart(request: Request, max_files: int) -> list[Upload]:
+    try:
+        form = await request.form(max_files=max_files, max_fields=32)
+    except HTTPException as exc:  # Starlette reports multipart problems as a bare 400
+        if "Too many files" in str(exc.detail):
+            raise PayloadTooLarge(f"too many files: at most {max_files} per request") from exc
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise BadRequest("the multipart body has no file: send each image as a file field")
+        return [Upload(f.filename, await f.read()) for f in files]
+    finally:
+        await form.close()

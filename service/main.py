@@ -1,0 +1,62 @@
+"""Assembles the gateway: settings, Triton client, thread pool, middleware, routes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from PIL import Image
+
+from service import errors_http
+from service.config import Settings
+from service.deps import Services
+from service.limits import BodySizeLimit, InFlightLimiter
+from service.model_info import ModelMetadata
+from service.pipeline import Pipeline
+from service.request_metrics import RequestMetrics
+from service.routes import classify, explain, health
+from service.triton import TritonBackend
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metadata = ModelMetadata.load(settings.model_metadata)  # fail fast on a missing build
+    # Our own pixel check runs first; Pillow's bomb guard is aligned with it as a second line.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threads = settings.preprocess_threads or len(os.sched_getaffinity(0))
+        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="preprocess")
+        triton = TritonBackend(settings.triton_url, settings.model_prefix, settings.retry_after_s)
+        app.state.services = Services(
+            settings=settings,
+            metadata=metadata,
+            triton=triton,
+            executor=executor,
+            pipeline=Pipeline(settings, metadata, executor),
+            limiter=InFlightLimiter(settings.max_in_flight, settings.retry_after_s),
+        )
+        try:
+            yield
+        finally:
+            await triton.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="ViT on Triton",
+        version="0.1.0",
+        description=f"Image classification and attention-rollout explanations with "
+        f"{metadata.model_name}, served by NVIDIA Triton. Errors are JSON: "
+        '{"error": {"code": ..., "message": ...}}.',
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)  # outermost: also counts what BodySizeLimit refuses
+    errors_http.install(app)
+    for module in (classify, explain, health):
+        app.include_router(module.router)
+    return app

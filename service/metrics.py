@@ -1,0 +1,86 @@
+"""Prometheus metrics of the gateway: histograms (not summaries) so p99 can be computed across
+workers and instances with histogram_quantile().
+
+With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR (make serve and the Dockerfile do):
+each worker writes its samples there and /metrics adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Latency buckets from 1 ms to 30 s: dense around the 10-500 ms where a p99 budget usually sits.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+REQUEST_LATENCY = Histogram(
+    "gateway_request_duration_seconds",
+    "Whole request latency, by endpoint",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_LATENCY = Histogram(
+    "gateway_stage_duration_seconds",
+    "Latency of one stage (decode, preprocess, triton, postprocess, render), by endpoint",
+    ["endpoint", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "Requests answered, by endpoint and HTTP status",
+    ["endpoint", "status"],
+)
+IN_FLIGHT = Gauge(
+    "gateway_requests_in_flight",
+    "Inference requests being served now",
+    multiprocess_mode="livesum",
+)
+IMAGES_PER_REQUEST = Histogram(
+    "gateway_images_per_request",
+    "Images in one request",
+    ["endpoint"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+TRITON_ERRORS = Counter(
+    "gateway_triton_errors_total",
+    "Triton calls that failed, by kind (triton_unavailable, triton_queue_full, triton_timeout, "
+    "triton_error)",
+    ["kind"],
+)
+
+
+@contextmanager
+def stage(endpoint: str, name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Time one stage into the histogram and into the request's own timings (ms)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels(endpoint, name).observe(elapsed)
+        timings[name] = round(timings.get(name, 0.0) + 1000 * elapsed, 3)
+
+
+def render_latest() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,66 @@
+"""POST /classify"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from service import metrics
+from service.deps import InferenceSlot, ServicesDep
+from service.inputs import read_uploads
+from service.routes.common import PRECISION_QUERY, deadline_s, served_model
+from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse, ImageResult
+
+router = APIRouter()
+ENDPOINT = "classify"
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=IMAGE_REQUEST_BODY,
+)
+async def classify(
+    request: Request,
+    services: ServicesDep,
+    started: InferenceSlot,
+    top_k: Annotated[
+        int,
+        Query(ge=1, le=1000, description="classes per image (capped at the model's class count)"),
+    ] = 5,
+    precision: PRECISION_QUERY = None,
+) -> ClassifyResponse:
+    """Classify one or more images; one result per image, in request order."""
+    settings = services.settings
+    variant = await services.triton.variant(
+        "classify", precision or settings.default_precision, settings.readiness_timeout_s
+    )
+    uploads = await read_uploads(request, settings.max_files)
+    metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
+    timings: dict[str, float] = {}
+    prepared = await services.pipeline.prepare(uploads, ENDPOINT, timings, for_overlay=False)
+    with metrics.stage(ENDPOINT, "triton", timings):
+        out = await services.triton.infer(
+            variant, prepared.tensors, ["logits"], deadline_s(settings, started)
+        )
+    with metrics.stage(ENDPOINT, "postprocess", timings):
+        predictions = services.pipeline.top_k(out["logits"], top_k)
+        results = [
+            ImageResult(
+                index=i,
+                filename=upload.filename,
+                width=original.width,
+                height=original.height,
+                predictions=preds,
+            )
+            for i, (upload, original, preds) in enumerate(
+                zip(uploads, prepared.originals, predictions, strict=True)
+            )
+        ]
+    timings["total"] = round(1000 * (time.perf_counter() - started), 3)
+    return ClassifyResponse(
+        model=served_model(services, variant), results=results, timings_ms=timings
+    )

@@ -1,0 +1,43 @@
+"""GET /healthz, /readyz, /metrics"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from service.deps import ServicesDep
+from service.metrics import render_latest
+from service.schemas import ErrorResponse, Health
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive (does not look at Triton)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
+async def readyz(services: ServicesDep) -> Health | JSONResponse:
+    """Triton is reachable and the default precision's classify and explain models are ready."""
+    settings = services.settings
+    models = [
+        f"{settings.model_prefix}_{task}_{settings.default_precision}"
+        for task in ("classify", "explain")
+    ]
+    ok, detail = await services.triton.ready(models, settings.readiness_timeout_s)
+    if ok:
+        return Health(status="ready", detail=", ".join(models))
+    return JSONResponse(
+        {"error": {"code": "not_ready", "message": detail}},
+        status_code=503,
+        headers={"Retry-After": str(settings.retry_after_s)},
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    """Prometheus exposition: latency histograms per endpoint and stage, counters, in-flight."""
+    body, content_type = render_latest()
+    return Response(body, media_type=content_type)

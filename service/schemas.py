@@ -1,0 +1,107 @@
+"""Response bodies; their docstrings and field descriptions become the OpenAPI page."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str
+    class_index: int
+    probability: float = Field(description="softmax over all classes")
+
+
+class ServedModel(BaseModel):
+    name: str = Field(description="Triton model, e.g. vit_classify_fp32")
+    version: str
+    precision: str
+    architecture: str = Field(description="the timm model it was built from")
+
+
+class ImageResult(BaseModel):
+    index: int = Field(description="position of the image in the request")
+    filename: str | None
+    width: int = Field(description="after EXIF orientation")
+    height: int
+    predictions: list[Prediction]
+
+
+class ClassifyResponse(BaseModel):
+    """One result per image, in request order."""
+
+    model: ServedModel
+    results: list[ImageResult]
+    timings_ms: dict[str, float] = Field(
+        description="decode, preprocess (summed over images), triton, postprocess, total"
+    )
+
+
+class Heatmap(BaseModel):
+    head_fusion: str
+    shape: tuple[int, int] = Field(description="patch grid (rows, cols)")
+    grid: list[list[float]] = Field(description="attention rollout, min-max normalised to 0-1")
+    crop_box: tuple[float, float, float, float] = Field(
+        description="left, top, right, bottom of the region the model saw, in image pixels"
+    )
+    png_base64: str | None = Field(None, description="overlay PNG when include_png=true")
+
+
+class ExplainResult(ImageResult):
+    heatmap: Heatmap
+
+
+class ExplainResponse(BaseModel):
+    model: ServedModel
+    results: list[ExplainResult]
+    timings_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable, e.g. corrupt_image, triton_unavailable")
+    message: str = Field(description="what went wrong, for a person")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorResponse, "description": "corrupt image or malformed body"},
+    413: {"model": ErrorResponse, "description": "body, image pixels or file count over limit"},
+    415: {"model": ErrorResponse, "description": "not an image / unsupported format or type"},
+    422: {"model": ErrorResponse, "description": "invalid parameter"},
+    502: {"model": ErrorResponse, "description": "Triton answered with an error"},
+    503: {
+        "model": ErrorResponse,
+        "description": "overloaded, Triton down/not ready or its queue full (Retry-After)",
+    },
+    504: {"model": ErrorResponse, "description": "Triton did not answer within the deadline"},
+}
+
+IMAGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One or more images as multipart files (any field name), or one image "
+        "as the raw body. JPEG, PNG, WebP, GIF (first frame) or BMP; the bytes decide.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}

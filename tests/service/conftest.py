@@ -1,0 +1,95 @@
+"""A real gateway (uvicorn subprocess) in front of the session's real Triton."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, free_port
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+def start_gateway(
+    triton_grpc_port: int, repository: Path, workers: int = 1, **env_overrides: str
+) -> Gateway:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        TRITON_URL=f"127.0.0.1:{triton_grpc_port}",
+        MODEL_METADATA=str(repository / "model.json"),
+        PYTHONPATH=str(ROOT),
+        PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="gateway-metrics-"),
+        **env_overrides,
+    )
+    cmd = [
+        sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--log-level", "warning", "--timeout-graceful-shutdown", "5",
+    ]  # fmt: skip
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return Gateway(url, process)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("gateway did not start within 60s")
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway(triton, repository) -> Iterator[Gateway]:
+    gw = start_gateway(triton.ports.grpc, repository)
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def http(gateway) -> Iterator[httpx.Client]:
+    with gateway.client() as client:
+        yield client
+
+
+def png_bytes(chw: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
