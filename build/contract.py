@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is not needed to read a contract (the TensorRT container has none)
+    import torch
 
 
 @dataclass(frozen=True)

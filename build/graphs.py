@@ -17,11 +17,16 @@ import torch
 from torch import nn
 
 from build.contract import Preprocessing, TokenLayout
+from build.names import HEAD_FUSIONS, INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
 
-HEAD_FUSIONS = ("mean", "max", "min")
-INPUT_NAME = "image"
-LOGITS = "logits"
-ROLLOUT_OUTPUTS = tuple(f"rollout_{fusion}" for fusion in HEAD_FUSIONS)
+__all__ = [
+    "HEAD_FUSIONS",
+    "INPUT_NAME",
+    "LOGITS",
+    "ROLLOUT_OUTPUTS",
+    "ClassifyGraph",
+    "ExplainGraph",
+]
 
 
 class Normalise(nn.Module):

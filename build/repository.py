@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build.contract import ModelContract
-from build.graphs import HEAD_FUSIONS, INPUT_NAME, LOGITS
+from build.names import HEAD_FUSIONS, INPUT_NAME, LOGITS
 
 TASKS = ("classify", "explain")
 PRECISIONS = ("fp32", "fp16", "int8")

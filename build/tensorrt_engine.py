@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from build.contract import ModelContract
-from build.graphs import INPUT_NAME
+from build.names import INPUT_NAME
 from build.repository import PRECISIONS, TARGET_SETTINGS, TASKS, model_name, onnx_path
 
 

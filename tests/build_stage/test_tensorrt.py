@@ -41,3 +41,10 @@ def test_engines_build_with_profile_up_to_max_batch(repository, tmp_path):
     for plan in (tmp_path / "repo" / "gpu").glob("*_fp16/1/model.plan"):
         meta = json.loads(plan.with_suffix(".plan.json").read_text())
         assert meta["profile"]["max"] == 32 and meta["tensorrt_version"]
+
+
+def test_engine_builder_imports_without_torch():
+    """The TensorRT container has TensorRT but no torch: the builder must not need it."""
+    code = "import sys; sys.modules['torch'] = None; import build.tensorrt_engine"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

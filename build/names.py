@@ -1,0 +1,7 @@
+"""Tensor names shared by the graphs, the Triton configs and the engine builder (no imports, so
+the TensorRT container can use them without torch)."""
+
+HEAD_FUSIONS = ("mean", "max", "min")
+INPUT_NAME = "image"
+LOGITS = "logits"
+ROLLOUT_OUTPUTS = tuple(f"rollout_{fusion}" for fusion in HEAD_FUSIONS)
