@@ -272,8 +272,17 @@ def _write_report(out: Path, report: dict) -> None:
     log.info("report: %s", path)
 
 
+class _QuietQuantizer(logging.Filter):
+    """ONNX Runtime's quantizer logs a pre-processing suggestion per call: noise for this recipe."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietQuantizer())
     args = parse_args(argv)
     try:
         report = build(args)

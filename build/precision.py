@@ -9,6 +9,7 @@ GELU, residual Adds and the attention MatMuls (Q@K^T, attn@V, rollout) stay in f
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,14 @@ def to_fp16(src: Path, dst: Path) -> None:
     # a Cast's output to fp16 but keep to=FLOAT, and ONNX Runtime then refuses the graph. This hits
     # the Cast after the UINT8 input and the Casts in the exported attention's scale computation.
     casts = [n.name for n in model.graph.node if n.op_type == "Cast"]
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
+    with warnings.catch_warnings(record=True) as clamped:
+        # One warning per tiny weight ("truncated to 1e-07"): counted below instead of printed.
+        warnings.simplefilter("always", UserWarning)
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, node_block_list=casts
+        )
+    if clamped:
+        log.info("fp16: %d values outside fp16's range were clamped", len(clamped))
     onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))
     log.info("fp16 variant %s written", dst.name)
@@ -60,10 +68,17 @@ class _Calibration:
         self._batches: Iterator[np.ndarray] = (
             images[i : i + batch] for i in range(0, len(images), batch)
         )
+        self._total = -(-len(images) // batch)
+        self._done = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
+        if batch is None:
+            return None
+        self._done += 1
+        if self._done % 4 == 0 or self._done == self._total:
+            log.info("calibration batch %d/%d", self._done, self._total)
+        return {INPUT_NAME: batch}
 
 
 def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:

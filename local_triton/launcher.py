@@ -164,7 +164,8 @@ class LocalTriton:
         self.stop()
 
 
-def add_port_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", type=Path, default=Path("model_repository/cpu"))
     parser.add_argument(
         "--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000))
     )
@@ -189,16 +190,22 @@ def wait_for_signal() -> None:
         time.sleep(0.2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run tritonserver on the cpu model repository")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository/cpu"))
-    add_port_arguments(parser)
-    args = parser.parse_args(argv)
+def start_from_args(args: argparse.Namespace) -> LocalTriton | None:
+    """Start Triton as the command line asks; None (after one error line) when it cannot."""
     triton = LocalTriton(args.repository, Ports(args.http_port, args.grpc_port, args.metrics_port))
     try:
-        triton.start()
+        return triton.start()
     except TritonLaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run tritonserver on the cpu model repository")
+    add_server_arguments(parser)
+    args = parser.parse_args(argv)
+    triton = start_from_args(args)
+    if triton is None:
         return 2
     print(
         f"Triton ready: HTTP :{args.http_port}, gRPC :{args.grpc_port}, metrics "

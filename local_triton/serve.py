@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-from local_triton.launcher import LocalTriton, Ports, TritonLaunchError, add_port_arguments
+from local_triton.launcher import add_server_arguments, start_from_args
 
 
 def gateway_command(host: str, port: int, workers: int) -> list[str]:
@@ -28,19 +27,15 @@ def gateway_command(host: str, port: int, workers: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("model_repository/cpu"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", 1)))
-    add_port_arguments(parser)
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
-    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
-    triton = LocalTriton(args.repository, ports)
-    try:
-        triton.start()
-    except TritonLaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    triton = start_from_args(args)
+    if triton is None:
         return 2
+    ports = triton.ports
     print(
         f"Triton ready on gRPC :{ports.grpc}; starting the gateway on {args.host}:{args.port}",
         flush=True,

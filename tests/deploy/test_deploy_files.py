@@ -39,8 +39,11 @@ def test_dockerfile_lints_clean():
 def test_engine_builder_and_triton_share_one_release():
     """Engines only load on the TensorRT version that built them: same YY.MM for both images."""
     services = compose()["services"]
-    tag = lambda image: re.fullmatch(r"nvcr\.io/nvidia/\w+:(\d\d\.\d\d)-py3", image)[1]  # noqa: E731
-    assert tag(services["engines"]["image"]) == tag(services["triton"]["image"])
+
+    def release(image: str) -> str:
+        return re.fullmatch(r"nvcr\.io/nvidia/\w+:(\d\d\.\d\d)-py3", image)[1]
+
+    assert release(services["engines"]["image"]) == release(services["triton"]["image"])
 
 
 def test_gateway_waits_for_a_ready_triton_and_outlives_its_own_shutdown():
