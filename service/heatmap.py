@@ -26,22 +26,28 @@ def normalise(grid: np.ndarray) -> np.ndarray:
     return (grid - low) / (high - low)
 
 
+def display_copy(img: Image.Image, max_side: int) -> Image.Image:
+    """The image at most max_side on its longer side (the overlay never needs more)."""
+    width, height = img.size
+    scale = max_side / max(width, height)
+    if scale >= 1.0:
+        return img
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
 def overlay_png(
-    original: Image.Image,
+    display: Image.Image,
+    original_size: tuple[int, int],
     grid01: np.ndarray,
     box: CropBox,
     colormap: str,
     alpha: float,
     max_side: int,
 ) -> bytes:
-    width, height = original.size
-    scale = min(1.0, max_side / max(width, height))
-    base = original
-    if scale < 1.0:
-        base = original.resize(
-            (max(1, round(width * scale)), max(1, round(height * scale))),
-            Image.Resampling.BILINEAR,
-        )
+    """box is in original pixels; display is the (possibly already reduced) original image."""
+    base = display_copy(display, max_side)
+    scale = base.width / original_size[0]
     out = np.asarray(base, dtype=np.float32) * OUTSIDE_CROP_BRIGHTNESS
     left = max(0, round(box.left * scale))
     top = max(0, round(box.top * scale))

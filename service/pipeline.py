@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service import images, metrics, preprocess
+from service import heatmap, images, metrics, preprocess
 from service.config import Settings
 from service.errors import ServiceError
 from service.inputs import Upload
@@ -24,13 +24,17 @@ from service.schemas import Prediction
 @dataclass
 class Prepared:
     tensors: np.ndarray  # uint8 [N, 3, H, W]
-    originals: list[Image.Image]  # decoded RGB images (kept for heatmap overlays)
-    boxes: list[preprocess.CropBox]
+    sizes: list[tuple[int, int]]  # (width, height) of each decoded image, after EXIF rotation
+    boxes: list[preprocess.CropBox]  # what the model saw, in original pixels
+    # Overlay base images, already capped at max_heatmap_side (None when not rendering): a
+    # request's decoded originals are never all held in memory at full size.
+    displays: list[Image.Image | None]
 
 
 @dataclass
 class _One:
-    original: Image.Image
+    size: tuple[int, int]
+    display: Image.Image | None
     tensor: np.ndarray
     box: preprocess.CropBox
     decode_s: float
@@ -47,7 +51,7 @@ class Pipeline:
         self.metadata = metadata
         self.executor = executor
 
-    def _prepare_one(self, upload: Upload, use_draft: bool) -> _One:
+    def _prepare_one(self, upload: Upload, use_draft: bool, keep_display: bool) -> _One:
         spec = self.metadata.spec
         start = time.perf_counter()
         draft = (lambda w, h: preprocess.draft_request(w, h, spec)) if use_draft else None
@@ -56,16 +60,26 @@ class Pipeline:
         )
         decoded = time.perf_counter()
         tensor, box = preprocess.preprocess(img, spec)
-        return _One(img, tensor, box, decoded - start, time.perf_counter() - decoded)
+        display = (
+            heatmap.display_copy(img, self.settings.max_heatmap_side) if keep_display else None
+        )
+        return _One(img.size, display, tensor, box, decoded - start, time.perf_counter() - decoded)
 
     async def prepare(
-        self, uploads: list[Upload], endpoint: str, timings: dict[str, float], for_overlay: bool
+        self,
+        uploads: list[Upload],
+        endpoint: str,
+        timings: dict[str, float],
+        *,
+        allow_draft: bool,
+        keep_display: bool,
     ) -> Prepared:
+        """allow_draft: JPEG draft decoding if the JPEG_DRAFT setting is on; keep_display: keep a
+        copy of each image (capped at MAX_HEATMAP_SIDE) to draw the overlay on."""
         loop = asyncio.get_running_loop()
-        # A draft decode changes the pixels the overlay is drawn on, so explain never uses it.
-        use_draft = self.settings.jpeg_draft and not for_overlay
+        use_draft = self.settings.jpeg_draft and allow_draft
         jobs = [
-            loop.run_in_executor(self.executor, self._prepare_one, upload, use_draft)
+            loop.run_in_executor(self.executor, self._prepare_one, upload, use_draft, keep_display)
             for upload in uploads
         ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -84,8 +98,9 @@ class Pipeline:
         timings["preprocess"] = round(1000 * sum(o.preprocess_s for o in done), 3)
         return Prepared(
             np.stack([o.tensor for o in done]),
-            [o.original for o in done],
+            [o.size for o in done],
             [o.box for o in done],
+            [o.display for o in done],
         )
 
     def top_k(self, logits: np.ndarray, k: int) -> list[list[Prediction]]:

@@ -41,7 +41,9 @@ async def classify(
     uploads = await read_uploads(request, settings.max_files)
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     timings: dict[str, float] = {}
-    prepared = await services.pipeline.prepare(uploads, ENDPOINT, timings, for_overlay=False)
+    prepared = await services.pipeline.prepare(
+        uploads, ENDPOINT, timings, allow_draft=True, keep_display=False
+    )
     with metrics.stage(ENDPOINT, "triton", timings):
         out = await services.triton.infer(
             variant, prepared.tensors, ["logits"], deadline_s(settings, started)
@@ -52,12 +54,12 @@ async def classify(
             ImageResult(
                 index=i,
                 filename=upload.filename,
-                width=original.width,
-                height=original.height,
+                width=size[0],
+                height=size[1],
                 predictions=preds,
             )
-            for i, (upload, original, preds) in enumerate(
-                zip(uploads, prepared.originals, predictions, strict=True)
+            for i, (upload, size, preds) in enumerate(
+                zip(uploads, prepared.sizes, predictions, strict=True)
             )
         ]
     timings["total"] = round(1000 * (time.perf_counter() - started), 3)

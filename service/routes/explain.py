@@ -77,7 +77,11 @@ async def explain(
         raise InvalidParameter("output=png takes one image; use output=json for several")
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     timings: dict[str, float] = {}
-    prepared = await services.pipeline.prepare(uploads, ENDPOINT, timings, for_overlay=True)
+    render = output == "png" or include_png
+    # Heatmaps are compared with full decodes (reference, fidelity tests): no draft decoding here.
+    prepared = await services.pipeline.prepare(
+        uploads, ENDPOINT, timings, allow_draft=False, keep_display=render
+    )
     rollout = f"rollout_{head_fusion}"
     with metrics.stage(ENDPOINT, "triton", timings):
         out = await services.triton.infer(
@@ -88,22 +92,23 @@ async def explain(
         grids = [heatmap.normalise(g) for g in out[rollout]]
     side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
     pngs: list[bytes | None] = [None] * len(uploads)
-    if output == "png" or include_png:
+    if render:
         with metrics.stage(ENDPOINT, "render", timings):
             pngs = await asyncio.gather(
                 *(
                     run_in_pool(
                         services.executor,
                         heatmap.overlay_png,
-                        original,
+                        display,
+                        size,
                         grid,
                         box,
                         colormap,
                         alpha,
                         side,
                     )
-                    for original, grid, box in zip(
-                        prepared.originals, grids, prepared.boxes, strict=True
+                    for display, size, grid, box in zip(
+                        prepared.displays, prepared.sizes, grids, prepared.boxes, strict=True
                     )
                 )
             )
@@ -130,8 +135,8 @@ async def explain(
             ExplainResult(
                 index=i,
                 filename=upload.filename,
-                width=prepared.originals[i].width,
-                height=prepared.originals[i].height,
+                width=prepared.sizes[i][0],
+                height=prepared.sizes[i][1],
                 predictions=predictions[i],
                 heatmap=Heatmap(
                     head_fusion=head_fusion,

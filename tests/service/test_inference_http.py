@@ -181,3 +181,21 @@ def test_explain_rollout_equals_the_pytorch_reference(explained, heldout, reposi
         ref = rollout_reference.rollout(attentions, fusion, contract.layout).numpy()
         expected = np.stack([heatmap.normalise(g) for g in ref])
         assert np.abs(explained[fusion][:32] - expected).max() <= 1e-4
+
+
+def test_explain_png_of_a_large_photo_is_capped_at_the_setting(http, heldout):
+    big = Image.fromarray(heldout.images[5].transpose(1, 2, 0)).resize((3000, 2000))
+    r = http.post(
+        "/explain", content=encode(big, "JPEG", quality=85), headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (2048, 1365)  # MAX_HEATMAP_SIDE default
+    json_r = http.post(
+        "/explain",
+        params={"output": "json"},
+        content=encode(big, "PNG"),
+        headers={"Content-Type": "image/png"},
+    )
+    result = json_r.json()["results"][0]
+    assert (result["width"], result["height"]) == (3000, 2000)
+    assert result["heatmap"]["crop_box"] == [500.0, 0.0, 2500.0, 2000.0]
