@@ -19,7 +19,7 @@ help:
 	@echo "make triton  run only the local Triton on $(REPO)/cpu"
 	@echo "make bench   images/s per variant at batch 1 and 8 (docs/benchmarks/)"
 	@echo "make engines build TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
-	@echo "make lint    ruff check + ruff format --check"
+	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
 
 install: $(STAMP)
 
@@ -45,9 +45,7 @@ serve: $(STAMP) $(BUILT)
 triton: $(STAMP) $(BUILT)
 	$(BIN)/python -m local_triton --repository $(REPO)/cpu
 
-test: $(STAMP) $(BUILT)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint $(BUILT)
 	$(BIN)/python -m pytest $(ARGS)
 
 test-slow: $(STAMP)
@@ -56,6 +54,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy service local_triton
 
 bench: $(STAMP) $(BUILT)
 	$(BIN)/python -m build.bench $(ARGS)

@@ -14,7 +14,9 @@ from service.errors import ServiceError
 log = logging.getLogger("service")
 
 
-def _json(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+def _json(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )

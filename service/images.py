@@ -57,8 +57,8 @@ def decode(
                 img.draft("RGB", draft(width, height))
             img.seek(0)  # animated GIF/WebP: the first frame only
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img, background)
+            upright = ImageOps.exif_transpose(img)
+            return to_rgb(upright, background)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise PayloadTooLarge(f"image too large: {exc}") from exc
         except _DECODE_ERRORS as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -70,7 +72,7 @@ class Health(BaseModel):
     detail: str | None = None
 
 
-ERROR_RESPONSES: dict[int | str, dict] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "corrupt image or malformed body"},
     413: {"model": ErrorResponse, "description": "body, image pixels or file count over limit"},
     415: {"model": ErrorResponse, "description": "not an image / unsupported format or type"},

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import Annotated, Literal
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -25,9 +27,10 @@ from service.schemas import (
 )
 
 router = APIRouter()
+T = TypeVar("T")
 
 
-async def run_in_pool(executor, fn, *args):
+async def run_in_pool(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
     """CPU work (PNG rendering) off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
@@ -35,7 +38,9 @@ async def run_in_pool(executor, fn, *args):
 ENDPOINT = "explain"
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 
-PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "overlay PNG (output=png)"}}
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "overlay PNG (output=png)"}
+}
 
 
 @router.post(
