@@ -148,6 +148,8 @@ class TritonBackend:
         except Exception as exc:
             error = translate(exc, self._retry_after_s)
             metrics.TRITON_ERRORS.labels(error.code).inc()
+            if isinstance(error, TritonUnavailable):
+                self._variants = {}  # Triton restarted or unloaded models: look again next time
             raise error from exc
         return {name: np.concatenate([r[name] for r in results]) for name in outputs}
 
