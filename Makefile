@@ -10,7 +10,7 @@ PORT ?= 8080
 ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install repo serve triton test test-slow lint bench engines clean-repo
+.PHONY: help install repo serve triton test test-slow lint bench loadtest engines clean-repo
 
 help:
 	@echo "make serve   install, build the default model repository if absent, run Triton + gateway"
@@ -18,6 +18,7 @@ help:
 	@echo "make repo    (re)build the model repository; pass options with ARGS='--model ...'"
 	@echo "make triton  run only the local Triton on $(REPO)/cpu"
 	@echo "make bench   images/s per variant at batch 1 and 8 (docs/benchmarks/)"
+	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-ms 50')"
 	@echo "make engines build TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
 	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
 
@@ -54,10 +55,13 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service local_triton
+	$(BIN)/mypy service local_triton loadtest
 
 bench: $(STAMP) $(BUILT)
 	$(BIN)/python -m build.bench $(ARGS)
+
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest $(ARGS)
 
 engines:
 	$(BIN)/python -m build.tensorrt_engine --repository $(REPO)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from build.contract import ModelContract
 from build.names import HEAD_FUSIONS, INPUT_NAME, LOGITS
+from build.runtimes import batch_buckets
 
 TASKS = ("classify", "explain")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -112,16 +113,20 @@ def config_text(contract: ModelContract, target: str, task: str, precision: str)
             f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}'
             for k, v in params.items()
         ]
+        # OpenVINO compiles one model per batch bucket on first use: warm every bucket before
+        # Triton reports ready, or the first batch of each size pays a compile (~0.5-1 s).
+        warm = batch_buckets(s.max_batch_size)
     else:
-        h, w = contract.preprocessing.input_size
-        for batch in sorted({1, s.max_batch_size}):
-            lines.append(
-                "model_warmup [ {\n"
-                f'  name: "zeros_batch_{batch}" batch_size: {batch}\n'
-                f'  inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 '
-                f"dims: {_dims((3, h, w))} zero_data: true }} }}\n"
-                "} ]"
-            )
+        warm = sorted({1, s.max_batch_size})
+    h, w = contract.preprocessing.input_size
+    for batch in warm:
+        lines.append(
+            "model_warmup [ {\n"
+            f'  name: "zeros_batch_{batch}" batch_size: {batch}\n'
+            f'  inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 '
+            f"dims: {_dims((3, h, w))} zero_data: true }} }}\n"
+            "} ]"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ class OnnxRuntimeRunner:
         return dict(zip(self.output_names, values, strict=True))
 
 
-def _batch_buckets(max_batch: int) -> list[int]:
+def batch_buckets(max_batch: int) -> list[int]:
     """Powers of two up to max_batch (and max_batch itself): fixed shapes for OpenVINO."""
     sizes, size = [], 1
     while size < max_batch:
@@ -48,7 +48,8 @@ def _batch_buckets(max_batch: int) -> list[int]:
 class OpenVinoRunner:
     """OpenVINO compiles one fixed-shape model per batch bucket (fixed shapes ran ~1.5x faster
     than a dynamic batch dimension on this CPU); a batch is zero-padded up to its bucket. Buckets
-    compile lazily on first use, except batch 1, so memory stays bounded for large models."""
+    compile on first use (batch 1 at once); the cpu Triton configs warm every bucket before the
+    model reports ready, so no request pays a compile."""
 
     def __init__(self, path: str, threads: int, precision: str, max_batch: int) -> None:
         import openvino as ov
@@ -65,7 +66,7 @@ class OpenVinoRunner:
         }
         if precision:  # "f32" for exact parity; "" keeps OpenVINO's default (bf16 where fast)
             self._config["INFERENCE_PRECISION_HINT"] = precision
-        self._buckets = _batch_buckets(max_batch)
+        self._buckets = batch_buckets(max_batch)
         self._compiled: dict[int, object] = {}
         self._lock = threading.Lock()
         self._compiled_for(1)

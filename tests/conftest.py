@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from build.contract import ModelContract
-from local_triton.launcher import LocalTriton, Ports
+from local_triton.launcher import LocalTriton
+from tests.helpers import ROOT, Gateway, free_ports, start_gateway, stop_gateway
 
-ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = Path(os.environ.get("VIT_TEST_REPOSITORY", ROOT / "model_repository"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports() -> Ports:
-    return Ports(free_port(), free_port(), free_port())
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +51,16 @@ def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         LocalTriton(repository / "cpu", free_ports(), log=log) as server,
     ):
         yield server
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: LocalTriton, repository: Path) -> Iterator[Gateway]:
+    gw = start_gateway(triton.ports.grpc, repository)
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def http(gateway: Gateway) -> Iterator[httpx.Client]:
+    with gateway.client() as client:
+        yield client

@@ -77,6 +77,8 @@ def test_target_specific_fields(repository, task, precision):
     assert gpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     warm = {w.batch_size for w in gpu.model_warmup}
     assert warm == {1, gpu.max_batch_size}
+    # every OpenVINO batch bucket is compiled before Triton reports ready
+    assert [w.batch_size for w in cpu.model_warmup] == [1, 2, 4, 8, 16]
 
 
 def test_configs_on_disk_are_what_the_build_generates(repository, contract):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 HAS_GPU = shutil.which("nvidia-smi") is not None and importlib.util.find_spec("tensorrt")
 

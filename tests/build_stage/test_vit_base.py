@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from build import verify
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import encode, png_bytes
+from tests.helpers import encode, png_bytes
 
 
 def huge_png_header(width: int, height: int) -> bytes:

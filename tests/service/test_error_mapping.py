@@ -21,7 +21,7 @@ from service.errors import (
 from service.limits import InFlightLimiter
 from service.main import create_app
 from service.triton import Variant, translate
-from tests.service.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 @pytest.mark.parametrize(

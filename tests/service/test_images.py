@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.errors import CorruptImage, PayloadTooLarge, UnsupportedMediaType
 from service.images import decode
-from tests.service.conftest import encode
+from tests.helpers import encode
 
 LIMIT = 40_000_000
 WHITE = (255, 255, 255)

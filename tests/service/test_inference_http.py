@@ -16,7 +16,7 @@ from build.repository import onnx_path
 from service import heatmap
 from service.images import decode
 from service.preprocess import Spec, preprocess
-from tests.service.conftest import encode, png_bytes
+from tests.helpers import encode, png_bytes
 
 BATCH = 16
 STROKE_THRESHOLD = 8  # of 16: a patch whose original digit pixel is at least half-on

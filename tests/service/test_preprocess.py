@@ -15,7 +15,7 @@ from timm.data import create_transform
 
 from service.images import decode
 from service.preprocess import Spec, draft_request, preprocess
-from tests.service.conftest import encode
+from tests.helpers import encode
 
 SPECS = {
     "digits 32 crop 1.0 bicubic": Spec(32, 32, "bicubic", 1.0),

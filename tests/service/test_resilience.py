@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from local_triton.launcher import LocalTriton
-from tests.conftest import free_ports
-from tests.service.conftest import encode, png_bytes, start_gateway, stop_gateway
+from tests.helpers import encode, free_ports, png_bytes, start_gateway, stop_gateway
 
 DEADLINE_S = 3.0
 

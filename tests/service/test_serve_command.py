@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from tests.conftest import ROOT, free_port, free_ports
+from tests.helpers import ROOT, free_port, free_ports
 
 
 def test_serve_starts_both_and_stops_both(repository, tmp_path):

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from local_triton.launcher import LocalTriton
-from tests.conftest import free_ports
-from tests.service.conftest import png_bytes, start_gateway, stop_gateway
+from tests.helpers import free_ports, png_bytes, start_gateway, stop_gateway
 
 DELAY_S = 0.6
 

@@ -15,7 +15,7 @@ from build import digits, rollout_reference, runtimes
 from build.graphs import HEAD_FUSIONS, ClassifyGraph
 from build.repository import PRECISIONS, TASKS, model_name, onnx_path
 from local_triton.launcher import LocalTriton, Ports, TritonLaunchError
-from tests.conftest import free_ports
+from tests.helpers import free_ports
 
 
 @pytest.fixture(scope="module")

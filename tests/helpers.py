@@ -1,23 +1,34 @@
-"""A real gateway (uvicorn subprocess) in front of the session's real Triton."""
+"""Helpers for tests that run the real gateway (uvicorn subprocess) or send real images."""
 
 from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, free_port
+from local_triton.launcher import Ports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports() -> Ports:
+    return Ports(free_port(), free_port(), free_port())
 
 
 @dataclass
@@ -68,19 +79,6 @@ def stop_gateway(gateway: Gateway) -> None:
         gateway.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         gateway.process.kill()
-
-
-@pytest.fixture(scope="session")
-def gateway(triton, repository) -> Iterator[Gateway]:
-    gw = start_gateway(triton.ports.grpc, repository)
-    yield gw
-    stop_gateway(gw)
-
-
-@pytest.fixture(scope="session")
-def http(gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as client:
-        yield client
 
 
 def png_bytes(chw: np.ndarray) -> bytes:

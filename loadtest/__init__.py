@@ -1,0 +1,1 @@
+"""Open-loop load generation against the gateway: honest p99 and capacity at a latency SLO."""
