@@ -19,6 +19,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from build import export, precision, repository, runtimes, source, verify
@@ -112,28 +113,9 @@ def versions() -> dict:
     return {name: version(name) for name in names}
 
 
-def build(args: argparse.Namespace) -> dict:
-    started = time.perf_counter()
-    precisions = tuple(p for p in PRECISIONS if p in args.precisions.split(",") or p == "fp32")
-    threads = args.threads or runtimes.default_threads()
-    torch.set_num_threads(threads)
-    loaded = load(args)
-    model = loaded.model.eval()
-    contract = ModelContract(
-        model_name=loaded.name,
-        origin=loaded.origin,
-        preprocessing=preprocessing(model),
-        layout=token_layout(model),
-        labels=loaded.labels,
-    )
-    attach_data(loaded, contract, args)
-    if "int8" in precisions and len(loaded.calibration.images) < MIN_CALIBRATION_IMAGES:
-        raise source.SourceError(
-            f"INT8 needs >= {MIN_CALIBRATION_IMAGES} calibration images; "
-            f"{loaded.calibration.description} has {len(loaded.calibration.images)}"
-        )
-    out: Path = args.out
-    report: dict = {
+def describe(loaded: source.LoadedModel, contract: ModelContract, args: argparse.Namespace) -> dict:
+    """The report's opening sections: what was built, from what, with which data and versions."""
+    return {
         "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": {
             "name": loaded.name,
@@ -158,6 +140,11 @@ def build(args: argparse.Namespace) -> dict:
         },
     }
 
+
+def export_and_verify(
+    model: torch.nn.Module, contract: ModelContract, sample: np.ndarray, out: Path, threads: int
+) -> dict:
+    """Export both fp32 graphs, then check ONNX Runtime and OpenVINO (f32) against PyTorch."""
     log.info("export: classify and explain graphs (fp32, dynamic batch)")
     graphs = {
         "classify": ClassifyGraph(model, contract.preprocessing),
@@ -170,34 +157,25 @@ def build(args: argparse.Namespace) -> dict:
             task == "explain",
             onnx_path(out, task, "fp32"),
         )
-
     log.info("verify: ONNX Runtime and OpenVINO (f32) against PyTorch, batch 1 and 8")
-    sample = loaded.heldout.images[:PARITY_IMAGES]
     reference = verify.torch_reference(model, graphs["classify"], sample, contract.layout)
     parity: dict = {}
     for task in TASKS:
         path = str(onnx_path(out, task, "fp32"))
+        explain = task == "explain"
+        ort = runtimes.create_runner("onnxruntime", path, threads)
+        ov = runtimes.create_runner("openvino", path, threads, "f32", PARITY_IMAGES)
         parity[task] = {
             "onnx_checker": "passed",
-            "onnxruntime": verify.check_graph(
-                runtimes.create_runner("onnxruntime", path, threads),
-                reference,
-                sample,
-                task == "explain",
-            ),
-            "openvino_f32": verify.check_graph(
-                runtimes.create_runner("openvino", path, threads, "f32", PARITY_IMAGES),
-                reference,
-                sample,
-                task == "explain",
-            ),
+            "onnxruntime": verify.check_graph(ort, reference, sample, explain),
+            "openvino_f32": verify.check_graph(ov, reference, sample, explain),
         }
-    report["parity"] = parity
-    failed = verify.failures(parity)
-    if failed:
-        _write_report(out, report)
-        raise verify.VerificationError("parity outside bounds: " + ", ".join(failed))
+    return parity
 
+
+def make_variants(
+    out: Path, precisions: tuple[str, ...], calibration: source.Images, method: str
+) -> None:
     for task in TASKS:
         fp32 = onnx_path(out, task, "fp32")
         if "fp16" in precisions:
@@ -205,21 +183,44 @@ def build(args: argparse.Namespace) -> dict:
             precision.to_fp16(fp32, onnx_path(out, task, "fp16"))
         if "int8" in precisions:
             log.info("precision: int8 %s", task)
-            precision.to_int8(
-                fp32,
-                onnx_path(out, task, "int8"),
-                loaded.calibration.images,
-                args.calibration_method,
-            )
+            precision.to_int8(fp32, onnx_path(out, task, "int8"), calibration.images, method)
 
-    report["variants"] = evaluate_variants(out, precisions, loaded.heldout, threads)
-    report["gates"] = apply_gates(
-        report["variants"], loaded.heldout.labels is not None, args.allow_int8_drop
+
+def build(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    precisions = tuple(p for p in PRECISIONS if p in args.precisions.split(",") or p == "fp32")
+    threads = args.threads or runtimes.default_threads()
+    torch.set_num_threads(threads)
+    loaded = load(args)
+    model = loaded.model.eval()
+    contract = ModelContract(
+        model_name=loaded.name,
+        origin=loaded.origin,
+        preprocessing=preprocessing(model),
+        layout=token_layout(model),
+        labels=loaded.labels,
     )
+    attach_data(loaded, contract, args)
+    if "int8" in precisions and len(loaded.calibration.images) < MIN_CALIBRATION_IMAGES:
+        raise source.SourceError(
+            f"INT8 needs >= {MIN_CALIBRATION_IMAGES} calibration images; "
+            f"{loaded.calibration.description} has {len(loaded.calibration.images)}"
+        )
+    out: Path = args.out
+    report = describe(loaded, contract, args)
     try:
+        sample = loaded.heldout.images[:PARITY_IMAGES]
+        report["parity"] = export_and_verify(model, contract, sample, out, threads)
+        failed = verify.failures(report["parity"])
+        if failed:
+            raise verify.VerificationError("parity outside bounds: " + ", ".join(failed))
+        make_variants(out, precisions, loaded.calibration, args.calibration_method)
+        report["variants"] = evaluate_variants(out, precisions, loaded.heldout, threads)
+        labelled = loaded.heldout.labels is not None
+        report["gates"] = apply_gates(report["variants"], labelled, args.allow_int8_drop)
         raise_if_refused(report["gates"])
-    except GateRefused:
-        _write_report(out, report)
+    except (verify.VerificationError, GateRefused):
+        _write_report(out, report)  # the numbers behind the refusal stay readable
         raise
     if loaded.origin == source.OFFLINE_DEFAULT:
         (out / "source").mkdir(parents=True, exist_ok=True)
