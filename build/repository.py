@@ -21,7 +21,6 @@ from pathlib import Path
 
 from build.contract import ModelContract
 from build.names import HEAD_FUSIONS, INPUT_NAME, LOGITS
-from build.runtimes import batch_buckets
 
 TASKS = ("classify", "explain")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -115,6 +114,9 @@ def config_text(contract: ModelContract, target: str, task: str, precision: str)
         ]
         # OpenVINO compiles one model per batch bucket on first use: warm every bucket before
         # Triton reports ready, or the first batch of each size pays a compile (~0.5-1 s).
+        # (Imported here: runtimes needs numpy, which the engine builder's container may lack.)
+        from build.runtimes import batch_buckets
+
         warm = batch_buckets(s.max_batch_size)
     else:
         warm = sorted({1, s.max_batch_size})

@@ -44,7 +44,10 @@ def test_engines_build_with_profile_up_to_max_batch(repository, tmp_path):
 
 
 def test_engine_builder_imports_without_torch():
-    """The TensorRT container has TensorRT but no torch: the builder must not need it."""
-    code = "import sys; sys.modules['torch'] = None; import build.tensorrt_engine"
+    """The TensorRT container need not have torch or numpy: the builder uses neither."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None; "
+        "import build.tensorrt_engine"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
