@@ -110,9 +110,11 @@ class LocalTriton:
         exit_timeout_s: int = 10,
         host: str = "127.0.0.1",
         keepalive: GrpcKeepalive | None = GrpcKeepalive(),  # None: Triton's defaults
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.keepalive = keepalive
+        self.extra_args = extra_args
         self.repository = repository.resolve()
         self.ports = ports
         self.log = log
@@ -137,6 +139,7 @@ class LocalTriton:
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *(self.keepalive.flags() if self.keepalive else []),
+            *self.extra_args,
         ]
 
     def start(self, ready_timeout_s: float = 180.0) -> LocalTriton:
@@ -199,6 +202,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("TRITON_METRICS_PORT", 8002))
     )
+    parser.add_argument(
+        "triton_args",
+        nargs="*",
+        metavar="-- TRITON_FLAG",
+        help="further tritonserver flags, after -- (e.g. -- --grpc-max-connection-age=60000)",
+    )
 
 
 def wait_for_signal() -> None:
@@ -217,7 +226,9 @@ def wait_for_signal() -> None:
 def start_from_args(args: argparse.Namespace) -> LocalTriton | None:
     """Start Triton as the command line asks; None (after one error line) when it cannot."""
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
-    triton = LocalTriton(args.repository, ports, host=args.address)
+    triton = LocalTriton(
+        args.repository, ports, host=args.address, extra_args=tuple(args.triton_args)
+    )
     try:
         return triton.start()
     except TritonLaunchError as exc:

@@ -4,8 +4,10 @@
 #   libpython3.11 - the local Triton's python-backend stub links the Debian shared library.
 #   promtool      - checks monitoring/ (config, rules, rule unit tests, dashboard PromQL). Only the
 #                   promtool binary is taken from Debian's prometheus package (46 MB of 332 MB).
+#   docker-compose - v1 from Debian, only to check docker-compose.yml per profile (`config -q`).
 set -euo pipefail
 PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
+COMPOSE_DEB_VERSION="1.29.2-3"
 
 can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
 updated=""
@@ -32,6 +34,17 @@ if ! promtool --version 2>/dev/null | grep -q "version ${PROMETHEUS_DEB_VERSION%
     install -m 0755 "$work/extracted/usr/bin/promtool" /usr/local/bin/promtool
   else
     echo "error: promtool ${PROMETHEUS_DEB_VERSION%%+*} not found; install Debian's prometheus package" >&2
+    exit 1
+  fi
+fi
+
+if ! dpkg-query -W -f='${Version}' docker-compose 2>/dev/null | grep -qx "$COMPOSE_DEB_VERSION"; then
+  if can_apt; then
+    echo "installing docker-compose ${COMPOSE_DEB_VERSION} (checks docker-compose.yml offline)"
+    apt_update && apt-get install -y -qq --no-install-recommends \
+      "docker-compose=${COMPOSE_DEB_VERSION}" >/dev/null
+  else
+    echo "error: docker-compose ${COMPOSE_DEB_VERSION} not found; apt-get install docker-compose" >&2
     exit 1
   fi
 fi
