@@ -2,8 +2,9 @@
 # System tools the project needs beyond Python packages. Installs what is missing (root, Debian),
 # otherwise says what to do.
 #   libpython3.11 - the local Triton's python-backend stub links the Debian shared library.
-#   promtool      - checks monitoring/ (config, rules, rule unit tests, dashboard PromQL). Only the
-#                   promtool binary is taken from Debian's prometheus package (46 MB of 332 MB).
+#   promtool, prometheus - check monitoring/ (config, rules, rule unit tests, dashboard PromQL; a
+#                   real server evaluates the dashboard on live scrapes). Only the two binaries
+#                   are taken from Debian's prometheus package (no service, no web assets).
 #   docker-compose - v1 from Debian, only to check docker-compose.yml per profile (`config -q`).
 set -euo pipefail
 PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
@@ -23,17 +24,19 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0'; then
   fi
 fi
 
-if ! promtool --version 2>/dev/null | grep -q "version ${PROMETHEUS_DEB_VERSION%%+*}"; then
+if ! promtool --version 2>/dev/null | grep -q "version ${PROMETHEUS_DEB_VERSION%%+*}" \
+  || ! prometheus --version 2>/dev/null | grep -q "version ${PROMETHEUS_DEB_VERSION%%+*}"; then
   if can_apt; then
-    echo "installing promtool ${PROMETHEUS_DEB_VERSION} (from Debian's prometheus package)"
+    echo "installing promtool and prometheus ${PROMETHEUS_DEB_VERSION} (from Debian's package)"
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
     apt_update
     (cd "$work" && apt-get download -qq "prometheus=${PROMETHEUS_DEB_VERSION}" 2>/dev/null \
       && dpkg-deb -x prometheus_*.deb extracted)
-    install -m 0755 "$work/extracted/usr/bin/promtool" /usr/local/bin/promtool
+    install -m 0755 "$work/extracted/usr/bin/promtool" "$work/extracted/usr/bin/prometheus" \
+      /usr/local/bin/
   else
-    echo "error: promtool ${PROMETHEUS_DEB_VERSION%%+*} not found; install Debian's prometheus package" >&2
+    echo "error: promtool/prometheus ${PROMETHEUS_DEB_VERSION%%+*} not found; install Debian's prometheus package" >&2
     exit 1
   fi
 fi

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,14 +22,16 @@ from tests.deploy.monitoring_files import (
     MONITORING,
     PROMETHEUS_SERIES,
     RULES,
+    adapter_queries,
     all_queries,
     dashboard,
     dashboard_queries,
     exported_names,
     panels,
     recorded_names,
+    rule_queries,
 )
-from tests.helpers import png_bytes
+from tests.helpers import free_port, png_bytes
 
 PROMTOOL_VERSION = "2.42.0"  # scripts/system-deps.sh installs it
 
@@ -174,3 +178,114 @@ def test_dashboard_file_is_what_grafana_provisioning_loads():
     )["providers"][0]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     assert DASHBOARD.parent.name == "dashboards"
+
+
+@pytest.fixture(scope="module")
+def prometheus(gateway, triton, tmp_path_factory) -> Iterator[str]:
+    """A real Prometheus (Debian's 2.42 server) scraping the live gateway and Triton every
+    second, with the alert rules loaded; the scrape jobs are monitoring/prometheus.yml's, with
+    static targets in place of compose's DNS names."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: run scripts/system-deps.sh (make install does)")
+    work = tmp_path_factory.mktemp("prometheus")
+    compose_config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    targets = {
+        "gateway": gateway.url.removeprefix("http://"),
+        "triton": f"127.0.0.1:{triton.ports.metrics}",
+    }
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {
+                "job_name": job["job_name"],
+                "metrics_path": job["metrics_path"],
+                "static_configs": [{"targets": [targets[job["job_name"]]]}],
+            }
+            for job in compose_config["scrape_configs"]
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (work / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        image = png_bytes(np.zeros((3, 28, 28), dtype=np.uint8))
+        with gateway.client() as http:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                # Traffic across several scrapes: successes on both endpoints and one 4xx.
+                for path in ("/classify", "/explain"):
+                    assert http.post(path, files=[("file", ("a.png", image))]).is_success
+                http.post("/classify", files=[("file", ("a.png", b"not an image"))])
+                up = query(url, "sum(up)")
+                if up and float(up[0]["value"][1]) == 2 and scraped_for(url, 4):
+                    break
+                time.sleep(0.5)
+            else:
+                pytest.fail(f"Prometheus did not scrape both targets: {url}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def query(url: str, promql: str) -> list[dict]:
+    reply = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
+    if reply.status_code == 503:  # still starting
+        return []
+    body = reply.json()
+    assert body["status"] == "success", (promql, body)
+    return body["data"]["result"]
+
+
+def scraped_for(url: str, seconds: int) -> bool:
+    result = query(url, f'count_over_time(up{{job="triton"}}[{seconds * 2}s])')
+    return bool(result) and float(result[0]["value"][1]) >= seconds
+
+
+def test_every_dashboard_query_returns_series_from_live_scrapes(prometheus):
+    """Prometheus evaluates each panel's query on real scrapes: a wrong label, a missing `le` or a
+    metric renamed in code leaves a panel empty, which parsing alone cannot see. GPU-only
+    metrics are the exception, and must be empty here."""
+    empty = []
+    for q in dashboard_queries():
+        result = query(prometheus, q.expr.replace("$__rate_interval", "30s"))
+        gpu_only = bool(q.metric_names() & GPU_ONLY_METRICS)
+        if gpu_only:
+            assert not result, q.where
+        elif not result:
+            empty.append(q.where)
+    assert not empty, empty
+
+
+def test_autoscaling_metric_has_a_value_per_triton_pod(prometheus):
+    (q,) = [q for q in adapter_queries() if "metricsQuery" in q.where]
+    promql = q.expr.replace("<<.LabelMatchers>>", 'job="triton"').replace(
+        "<<.GroupBy>>", "instance"
+    )
+    (sample,) = query(prometheus, promql)
+    assert float(sample["value"][1]) >= 0
+
+
+def test_alert_rules_load_and_evaluate_in_prometheus(prometheus):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules):
+            break
+        time.sleep(0.5)
+    names = {r["name"] for r in rules}
+    assert names == {q.where.removeprefix("rules: ") for q in rule_queries()}
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    # A healthy service under light load (one 4xx, no 5xx): no alert condition holds.
+    alerts = [r for r in rules if r["type"] == "alerting"]
+    assert [r["state"] for r in alerts] == ["inactive"] * len(alerts), alerts
