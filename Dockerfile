@@ -18,7 +18,8 @@ COPY service/ service/
 # Prometheus multiprocess mode: every uvicorn worker writes its samples here.
 RUN useradd --system --uid 10001 --no-create-home gateway \
     && mkdir /tmp/metrics && chown gateway /tmp/metrics
-# WEB_CONCURRENCY: uvicorn worker processes (one Triton client and thread pool each).
+# WEB_CONCURRENCY: uvicorn worker processes under gunicorn (one Triton client and thread pool
+# each); gunicorn wipes PROMETHEUS_MULTIPROC_DIR at start and marks dead workers (gunicorn_conf.py).
 ENV PROMETHEUS_MULTIPROC_DIR=/tmp/metrics \
     MODEL_METADATA=/models/model.json \
     WEB_CONCURRENCY=2
@@ -27,5 +28,4 @@ USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
-CMD ["uvicorn", "service.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8080", \
-     "--timeout-graceful-shutdown", "10", "--no-server-header"]
+CMD ["gunicorn", "-c", "service/gunicorn_conf.py"]

@@ -10,7 +10,8 @@ PORT ?= 8080
 ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install repo serve triton test test-slow lint bench loadtest engines clean-repo
+.PHONY: help install repo serve triton test test-slow lint bench loadtest engines clean-repo \
+	check-deploy
 
 help:
 	@echo "make serve   install, build the default model repository if absent, run Triton + gateway"
@@ -21,6 +22,7 @@ help:
 	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-ms 50')"
 	@echo "make engines build TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
 	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
+	@echo "make check-deploy  only the deployment checks: compose, Dockerfiles, Kubernetes, monitoring"
 
 install: $(STAMP)
 
@@ -48,6 +50,11 @@ triton: $(STAMP) $(BUILT)
 
 test: lint $(BUILT)
 	$(BIN)/python -m pytest $(ARGS)
+
+# A subset of `make test`: compose profiles, Dockerfiles (hadolint), Kubernetes (kustomize,
+# kubernetes-validate, yamllint), promtool config/rules/unit tests, dashboard vs live /metrics.
+check-deploy: $(STAMP) $(BUILT)
+	$(BIN)/python -m pytest tests/deploy tests/triton/test_grpc_keepalive.py $(ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(ARGS)

@@ -38,6 +38,22 @@ class Ports:
     metrics: int = 8002
 
 
+@dataclass(frozen=True)
+class GrpcKeepalive:
+    """Triton's side of the gRPC keepalive agreement with the gateway's client, which pings every
+    30 s even when idle (service/triton.py). Triton's defaults refuse idle pings and expect at
+    least 5 min between pings: after 2 such "strikes" it closes the connection (GOAWAY
+    too_many_pings). The same flags are in docker-compose.yml and deploy/ (checked by a test)."""
+
+    min_recv_ping_interval_ms: int = 10_000  # below the client's 30 s
+
+    def flags(self) -> list[str]:
+        return [
+            "--grpc-keepalive-permit-without-calls=1",
+            f"--grpc-http2-min-recv-ping-interval-without-data={self.min_recv_ping_interval_ms}",
+        ]
+
+
 def server_root() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
@@ -93,8 +109,12 @@ class LocalTriton:
         log: IO[str] | None = None,
         exit_timeout_s: int = 10,
         host: str = "127.0.0.1",
+        keepalive: GrpcKeepalive | None = GrpcKeepalive(),  # None: Triton's defaults
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.host = host
+        self.keepalive = keepalive
+        self.extra_args = extra_args
         self.repository = repository.resolve()
         self.ports = ports
         self.log = log
@@ -107,7 +127,7 @@ class LocalTriton:
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={root / 'backends'}",
-            # Loopback only: this is a local development server, not a deployment.
+            # Loopback by default (a local development server); the cpu image binds 0.0.0.0.
             f"--http-address={self.host}",
             f"--http-port={self.ports.http}",
             f"--grpc-address={self.host}",
@@ -118,6 +138,8 @@ class LocalTriton:
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
+            *(self.keepalive.flags() if self.keepalive else []),
+            *self.extra_args,
         ]
 
     def start(self, ready_timeout_s: float = 180.0) -> LocalTriton:
@@ -167,6 +189,11 @@ class LocalTriton:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository/cpu"))
     parser.add_argument(
+        "--address",
+        default=os.environ.get("TRITON_ADDRESS", "127.0.0.1"),
+        help="address Triton listens on (0.0.0.0 in a container)",
+    )
+    parser.add_argument(
         "--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000))
     )
     parser.add_argument(
@@ -174,6 +201,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("TRITON_METRICS_PORT", 8002))
+    )
+    parser.add_argument(
+        "triton_args",
+        nargs="*",
+        metavar="-- TRITON_FLAG",
+        help="further tritonserver flags, after -- (e.g. -- --grpc-max-connection-age=60000)",
     )
 
 
@@ -192,7 +225,10 @@ def wait_for_signal() -> None:
 
 def start_from_args(args: argparse.Namespace) -> LocalTriton | None:
     """Start Triton as the command line asks; None (after one error line) when it cannot."""
-    triton = LocalTriton(args.repository, Ports(args.http_port, args.grpc_port, args.metrics_port))
+    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
+    triton = LocalTriton(
+        args.repository, ports, host=args.address, extra_args=tuple(args.triton_args)
+    )
     try:
         return triton.start()
     except TritonLaunchError as exc:

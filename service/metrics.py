@@ -1,16 +1,21 @@
 """Prometheus metrics of the gateway: histograms (not summaries) so p99 can be computed across
 workers and instances with histogram_quantile().
 
-With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR (make serve and the Dockerfile do):
-each worker writes its samples there and /metrics adds them up.
+With several workers, set PROMETHEUS_MULTIPROC_DIR (make serve and the Dockerfile do): each
+worker writes its samples there and /metrics adds them up. The process that starts the workers
+wipes that directory first (files of an earlier run would be added to this one's counters) and
+marks each worker that exits as dead, so a killed worker's in-flight requests stop counting
+(service/gunicorn_conf.py calls both from gunicorn's on_starting and child_exit hooks).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +26,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from service.errors import TritonFailed, TritonQueueFull, TritonTimeout, TritonUnavailable
 
 # Latency buckets from 1 ms to 30 s: dense around the 10-500 ms where a p99 budget usually sits.
 LATENCY_BUCKETS = (
@@ -62,6 +69,9 @@ TRITON_ERRORS = Counter(
     "triton_error)",
     ["kind"],
 )
+# Every kind starts at 0, so rate() and the alert rules see a series before the first error.
+for _kind in (TritonUnavailable, TritonQueueFull, TritonTimeout, TritonFailed):
+    TRITON_ERRORS.labels(_kind.code)
 
 
 @contextmanager
@@ -74,6 +84,35 @@ def stage(endpoint: str, name: str, timings: dict[str, float]) -> Iterator[None]
         elapsed = time.perf_counter() - start
         STAGE_LATENCY.labels(endpoint, name).observe(elapsed)
         timings[name] = round(timings.get(name, 0.0) + 1000 * elapsed, 3)
+
+
+def multiprocess_dir() -> Path | None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(path) if path else None
+
+
+def reset_multiprocess_dir() -> None:
+    """Empty the multiprocess directory before any worker starts (the container's /tmp/metrics
+    or a volume may hold a previous run's files, whose counters would be added to this run's)."""
+    path = multiprocess_dir()
+    if path is None:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def mark_worker_dead(pid: int) -> None:
+    """A worker exited (or was killed): drop its live gauges (in-flight) from the sum. Its
+    counters and histograms stay: they are history, and rates must not go backwards."""
+    path = multiprocess_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(path))
 
 
 def render_latest() -> tuple[bytes, str]:

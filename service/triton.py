@@ -27,6 +27,12 @@ from service.errors import (
 )
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Ping Triton every 30 s, also between requests, so a connection dropped by a NAT, a load balancer
+# or a restarted pod is noticed in seconds. Triton must be started with flags that allow this
+# (local_triton.launcher.GrpcKeepalive: idle pings permitted, 10 s minimum interval), or it
+# answers with GOAWAY too_many_pings; compose and deploy/ pass the same flags.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
 CATALOG_REFRESH_S = 2.0
 
 
@@ -40,13 +46,13 @@ class Variant:
     max_batch_size: int
 
 
-def channel_args(keepalive_ms: int = 30_000) -> list[tuple[str, int]]:
+def channel_args(keepalive_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
     # Passing channel_args replaces tritonclient's defaults, so the message limits are re-added.
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", keepalive_ms),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # After Triton restarts, reconnect within ~2 s instead of gRPC's default of up to 120 s.

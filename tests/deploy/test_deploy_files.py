@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from service import gunicorn_conf
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
@@ -52,10 +53,8 @@ def test_gateway_waits_for_a_ready_triton_and_outlives_its_own_shutdown():
     assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert gateway["environment"]["TRITON_URL"] == "triton:8001"
-    graceful = re.search(
-        r'"--timeout-graceful-shutdown", "(\d+)"', (ROOT / "Dockerfile").read_text()
-    )
-    assert int(gateway["stop_grace_period"].rstrip("s")) > int(graceful[1])
+    assert '"gunicorn", "-c", "service/gunicorn_conf.py"' in (ROOT / "Dockerfile").read_text()
+    assert int(gateway["stop_grace_period"].rstrip("s")) > gunicorn_conf.graceful_timeout
     assert "./model_repository/gpu:/models:ro" in triton["volumes"]
     for service in ("triton", "engines"):
         devices = services[service]["deploy"]["resources"]["reservations"]["devices"]
