@@ -1,4 +1,5 @@
-// The demo page: a client of the gateway's own API (GET /info, POST /explain), nothing else.
+// The demo page: a client of the gateway's own API (GET /info, POST /explain), nothing else;
+// URLs are relative, so the page also works behind a proxy that serves the gateway under a path.
 // Each image is explained by its own request, so one bad file shows its error beside the others.
 "use strict";
 
@@ -33,7 +34,7 @@ function showServiceError(message) {
 async function loadInfo() {
   let response;
   try {
-    response = await fetch("/info", { headers: { Accept: "application/json" } });
+    response = await fetch("info", { headers: { Accept: "application/json" } });
   } catch (err) {
     showServiceError(`The gateway did not answer: ${err.message}`);
     return;
@@ -161,7 +162,7 @@ async function explain(item) {
   const started = performance.now();
   let response;
   try {
-    response = await fetch(`/explain?${query}`, {
+    response = await fetch(`explain?${query}`, {
       method: "POST",
       body,
       headers: { Accept: "application/json" },

@@ -25,7 +25,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.colormaps import lut
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port, start_gateway, stop_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -76,6 +76,14 @@ def page(browser: webdriver.Chrome, gateway) -> webdriver.Chrome:
         lambda d: len(Select(d.find_element(By.ID, "precision")).options) == 3
     )
     return browser
+
+
+@pytest.fixture(scope="module")
+def broken_gateway(repository):
+    """A gateway whose Triton is gone, with a small body limit: the 503 and 413 paths."""
+    gateway = start_gateway(free_port(), repository, MAX_BODY_BYTES="4096")
+    yield gateway
+    stop_gateway(gateway)
 
 
 def upload(driver: webdriver.Chrome, *paths: Path) -> None:
@@ -172,6 +180,19 @@ def test_upload_shows_labels_heatmaps_and_a_fusion_change_redraws_them(page, htt
     overlay_max = decode_data_url(el.find_element(By.CSS_SELECTOR, ".overlay").get_attribute("src"))
     assert np.abs(overlay_max - overlay_mean).mean() > 2  # and so did the overlay
     assert "max" in el.find_element(By.CSS_SELECTOR, ".heatmap-caption").text
+
+    slider = page.find_element(By.ID, "discard_ratio")
+    if slider.is_enabled():  # the explain models take discard_ratio: the keyboard moves it
+        generation = int(el.get_attribute("data-generation"))
+        slider.send_keys(Keys.END)  # 0.99: nearly all attention discarded, per layer
+        wait_for(page, seven.name, "done", after_generation=generation)
+        el = card(page, seven.name)
+        assert "discard 0.99" in el.find_element(By.CSS_SELECTOR, ".heatmap-caption").text
+        filtered = canvas_pixels(page, el.find_element(By.CSS_SELECTOR, ".heatmap"))
+        assert np.abs(filtered - maxed).mean() > 5
+    else:
+        hint = page.find_element(By.ID, "discard-hint").text
+        assert "built without discard_ratio" in hint
     screenshot(page, "page.png")
 
 
@@ -212,3 +233,21 @@ def test_keyboard_only_and_a_phone_sized_window(page):
     wait_for(page, "digit-7.png", "done", after_generation=generation)
     page.execute_script("arguments[0].scrollIntoView()", card(page, "digit-7.png"))
     screenshot(page, "phone.png")
+
+
+def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):
+    browser.set_window_size(1280, 1400)
+    browser.get(broken_gateway.url + "/")
+    banner = browser.find_element(By.ID, "service-error")
+    WebDriverWait(browser, WAIT_S).until(lambda d: banner.is_displayed())
+    assert banner.text.startswith("Triton: Triton is unavailable")  # from /info, as it is
+    big, small = ROOT / "samples" / "digit-3.jpg", ROOT / "samples" / "digit-7.png"
+    assert big.stat().st_size > 4096 > small.stat().st_size + 1024
+    upload(browser, big, small)
+    wait_for(browser, big.name, "error")
+    shown = card(browser, big.name).find_element(By.CSS_SELECTOR, ".error").text
+    assert shown == "413 payload_too_large: request body exceeds 4096 bytes"
+    wait_for(browser, small.name, "error")
+    shown = card(browser, small.name).find_element(By.CSS_SELECTOR, ".error").text
+    assert shown.startswith("503 triton_unavailable: Triton is unavailable")
+    screenshot(browser, "errors.png")
