@@ -118,7 +118,9 @@ function addFiles(files) {
   for (const file of files) {
     const card = $("card-template").content.firstElementChild.cloneNode(true);
     card.querySelector(".name").textContent = file.name || "pasted image";
-    card.querySelector(".original").src = URL.createObjectURL(file);
+    const original = card.querySelector(".original");
+    original.onerror = () => original.closest("figure").remove(); // the browser cannot show it
+    original.src = URL.createObjectURL(file);
     $("results").prepend(card);
     const item = { file, card, generation: 0, result: null, pending: false };
     state.items.push(item);

@@ -206,6 +206,9 @@ def test_a_non_image_shows_the_api_error_as_it_is(page, http, tmp_path):
     assert api.status_code == 415
     error = api.json()["error"]
     assert shown == f"415 {error['code']}: {error['message']}"
+    failed = card(page, note.name)
+    assert not failed.find_element(By.CSS_SELECTOR, ".overlay").is_displayed()  # no stale panels
+    assert not failed.find_elements(By.CSS_SELECTOR, ".original")  # the browser cannot draw it
     screenshot(page, "non-image-error.png")
 
 
