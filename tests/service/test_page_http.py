@@ -42,7 +42,7 @@ def test_page_and_its_assets_come_from_the_gateway_only(http):
     assert http.get("/static/%2e%2e/main.py").status_code == 404  # no way out of static/
 
 
-def test_info_says_what_is_served(http, contract):
+def test_info_says_what_is_served(http, contract, repository):
     r = http.get("/info")
     assert r.status_code == 200, r.text
     info = r.json()
@@ -52,6 +52,9 @@ def test_info_says_what_is_served(http, contract):
     assert [m["precision"] for m in info["explain"]] == ["fp16", "fp32", "int8"]
     assert {m["name"] for m in info["explain"]} == {f"vit_explain_{p}" for p in info["classify"]}
     assert info["triton_error"] is None
+    for model in info["explain"]:  # read from Triton's model config, as the repository says
+        config = (repository / "cpu" / model["name"] / "config.pbtxt").read_text()
+        assert model["discard_ratio"] == ('name: "discard_ratio"' in config)
     assert info["head_fusions"] == ["mean", "max", "min"]
     assert info["outputs"] == ["png", "webp", "jpeg", "json"]
     assert list(info["colormaps"]) == list(COLORMAPS)
