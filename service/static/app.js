@@ -105,13 +105,17 @@ function params() {
 // The API's error, as it is: status, code and message ({"error": {"code", "message"}}).
 async function errorText(response) {
   const text = await response.text();
+  const retry = response.headers.get("Retry-After");
+  const after = retry ? ` (Retry-After: ${retry} s)` : "";
   try {
     const body = JSON.parse(text);
-    if (body && body.error) return `${response.status} ${body.error.code}: ${body.error.message}`;
+    if (body && body.error) {
+      return `${response.status} ${body.error.code}: ${body.error.message}${after}`;
+    }
   } catch (_) {
     /* not JSON: show the start of whatever came back */
   }
-  return `${response.status} ${response.statusText}: ${text.slice(0, 300)}`;
+  return `${response.status} ${response.statusText}: ${text.slice(0, 300)}${after}`;
 }
 
 function addFiles(files) {
@@ -145,15 +149,17 @@ function pump() {
   while (state.running < MAX_PARALLEL && state.queue.length) {
     const item = state.queue.shift();
     state.running++;
-    explain(item).finally(() => {
-      state.running--;
-      item.pending = false;
-      if (item.again) {
-        item.again = false;
-        enqueue(item);
-      }
-      pump();
-    });
+    explain(item)
+      .catch((err) => showError(item, `the page failed: ${err.message}`))
+      .finally(() => {
+        state.running--;
+        item.pending = false;
+        if (item.again) {
+          item.again = false;
+          enqueue(item);
+        }
+        pump();
+      });
   }
 }
 

@@ -253,4 +253,5 @@ def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):
     wait_for(browser, small.name, "error")
     shown = card(browser, small.name).find_element(By.CSS_SELECTOR, ".error").text
     assert shown.startswith("503 triton_unavailable: Triton is unavailable")
+    assert shown.endswith("(Retry-After: 1 s)")
     screenshot(browser, "errors.png")
