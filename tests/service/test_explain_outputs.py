@@ -152,7 +152,8 @@ def test_discard_ratio_against_the_repository_being_served(http, photo):
     assert np.array_equal(grid(http, photo, discard_ratio=0.0), plain)
     if served_with_discard_ratio(http):
         filtered = grid(http, photo, discard_ratio=0.9)
-        assert filtered.min() == 0.0 and filtered.max() == 1.0
+        # normalised, or all zeros where filtering cut every CLS-to-patch path
+        assert filtered.min() == 0.0 and filtered.max() in (0.0, 1.0)
         assert np.abs(filtered - plain).max() > 0.05
     else:
         r = explain(http, photo, {"discard_ratio": 0.5})
