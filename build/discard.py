@@ -14,7 +14,8 @@ of the (k+1)-th smallest entry; entries strictly below it are zeroed: exactly vi
 entries when no two entries tie at the threshold (tied entries are all kept, so at most k are
 discarded, independent of the order of the entries).
 
-Counts are int32: the FP16 variant would saturate float counts at 2048.
+Counts are integers (per-row float counts, then an int64 total; TensorRT 10+ reduces INT64): the
+FP16 variant would saturate a float total at 2048.
 """
 
 from __future__ import annotations
@@ -32,34 +33,36 @@ WIDEN = 1e-5
 
 
 def discard_count(discard_ratio: torch.Tensor, entries: int) -> torch.Tensor:
-    """(B, 1) float ratio -> (B, 1, 1, 1) int32 k = floor(ratio * entries), clamped to
+    """(B, 1) float ratio -> (B, 1, 1, 1) int64 k = floor(ratio * entries), clamped to
     [0, entries - 1] so that an out-of-range ratio can neither discard everything nor fail."""
     k = torch.floor(discard_ratio.reshape(-1, 1, 1, 1) * float(entries))
-    return k.clamp(0, entries - 1).to(torch.int32)
+    return k.clamp(0, entries - 1).to(torch.int64)
 
 
 def _count_below(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    # Per-row counts in float (fast everywhere, exact in fp16 up to 2048 tokens), rows in int32.
+    # Per-row counts in float (fast everywhere, exact in fp16 up to 2048 tokens), totals in int64
+    # (int32 sums export with three extra Casts each).
     rows = (values < threshold).to(values.dtype).sum(dim=-1, keepdim=True)
-    return rows.to(torch.int32).sum(dim=-2, keepdim=True)
+    return rows.to(torch.int64).sum(dim=-2, keepdim=True)
 
 
 def _bisect(
     values: torch.Tensor, k: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keeps count(values < lo) <= k < count(values < hi) while halving [lo, hi]."""
+    """Keeps count(values < lo) <= k < count(values < lo + width) while halving the width; as few
+    nodes per step as possible (each step is ~8 ONNX nodes, and every node costs compile time)."""
+    width = hi - lo
     for _ in range(steps):
-        mid = (lo + hi) * 0.5
-        below = _count_below(values, mid) <= k
-        lo = torch.where(below, mid, lo)
-        hi = torch.where(below, hi, mid)
-    return lo, hi
+        width = width * 0.5
+        mid = lo + width
+        lo = torch.where(_count_below(values, mid) <= k, mid, lo)
+    return lo, lo + width
 
 
 def discard_lowest(
     fused: torch.Tensor, k: torch.Tensor, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(B, F, T, T) non-negative attention, (B, 1, 1, 1) int32 k -> the same with the k lowest
+    """(B, F, T, T) non-negative attention, (B, 1, 1, 1) int64 k -> the same with the k lowest
     entries of each T x T matrix set to zero, except where `keep` (T, T bool) is set."""
     top = fused.amax(dim=(-2, -1), keepdim=True) * 2.0  # count(a < top) = T*T > k
     log_lo, log_hi = _bisect(torch.log(fused), k, top * 0.0 + LOG_FLOOR, torch.log(top), LOG_STEPS)
