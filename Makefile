@@ -74,4 +74,4 @@ engines:
 	$(BIN)/python -m build.tensorrt_engine --repository $(REPO)
 
 clean-repo:
-	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*/*/1 $(REPO)/*/*/labels.txt
+	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 $(REPO)/*/*/labels.txt

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import export, precision, repository, runtimes, source, verify
+from build import export, precision, repository, runtimes, source, verify, visual_report
 from build.contract import ModelContract, preprocessing, token_layout
 from build.gates import GateRefused, apply_gates, raise_if_refused
 from build.graphs import ClassifyGraph, ExplainGraph
@@ -225,6 +225,8 @@ def build(args: argparse.Namespace) -> dict:
     if loaded.origin == source.OFFLINE_DEFAULT:
         (out / "source").mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out / "source" / "digits_vit.pth")
+    samples = loaded.heldout.images[: visual_report.SAMPLES]
+    report["visual_report"] = visual_report.write(out, report, samples, contract.labels).name
     written = repository.write(out, contract, precisions)
     report["repository"] = {"path": str(out), "models": written}
     report["seconds"] = round(time.perf_counter() - started, 1)

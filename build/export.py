@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from build.graphs import INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
+from build.graphs import DISCARD_RATIO, INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -22,17 +22,20 @@ OPSET = 17
 
 def export(graph: torch.nn.Module, input_size: tuple[int, int], explain: bool, path: Path) -> None:
     outputs = [LOGITS, *ROLLOUT_OUTPUTS] if explain else [LOGITS]
-    dummy = torch.zeros((2, 3, *input_size), dtype=torch.uint8)
-    dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]}
+    inputs = [INPUT_NAME, DISCARD_RATIO] if explain else [INPUT_NAME]
+    dummy: tuple[torch.Tensor, ...] = (torch.zeros((2, 3, *input_size), dtype=torch.uint8),)
+    if explain:  # one discard ratio per image: [N, 1] float32
+        dummy += (torch.zeros((2, 1), dtype=torch.float32),)
+    dynamic = {name: {0: "batch"} for name in [*inputs, *outputs]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # The legacy exporter is deprecated upstream but is the one that exports rollout cleanly.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph.eval(),
-            (dummy,),
+            dummy,
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=inputs,
             output_names=outputs,
             dynamic_axes=dynamic,
             opset_version=OPSET,

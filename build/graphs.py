@@ -4,9 +4,10 @@
 * ExplainGraph: image -> logits + attention rollout for each head fusion (mean, max, min).
 
 Rollout (Abnar & Zuidema 2020), as the build contract states it: per layer fuse the heads,
-A' = 0.5*A + 0.5*I, normalise rows to sum to 1, multiply over all layers (R = A'_L ... A'_1), then
-read the query row (CLS, or the mean over the patch rows when the model has no CLS token) over the
-patch tokens and reshape it to the patch grid.
+discard the lowest `discard_ratio` of the fused matrix (vit-explain's meaning, build/discard.py;
+0 keeps everything), A' = 0.5*A + 0.5*I, normalise rows to sum to 1, multiply over all layers
+(R = A'_L ... A'_1), then read the query row (CLS, or the mean over the patch rows when the model
+has no CLS token) over the patch tokens and reshape it to the patch grid.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 
 from build.contract import Preprocessing, TokenLayout
-from build.names import HEAD_FUSIONS, INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
+from build.discard import discard_count, discard_lowest
+from build.names import DISCARD_RATIO, HEAD_FUSIONS, INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
 
 __all__ = [
+    "DISCARD_RATIO",
     "HEAD_FUSIONS",
     "INPUT_NAME",
     "LOGITS",
@@ -80,7 +83,10 @@ def fuse_heads(attn: torch.Tensor, fusion: str) -> torch.Tensor:
 
 class ExplainGraph(nn.Module):
     """Classifier plus in-graph rollout. Works on a private copy with fused attention disabled,
-    because scaled_dot_product_attention never materialises the attention probabilities."""
+    because scaled_dot_product_attention never materialises the attention probabilities.
+
+    Inputs: image (B, 3, H, W) uint8 and discard_ratio (B, 1) float32, one ratio per image. The
+    three head fusions run stacked as (B, 3, T, T), so each layer's discard is one bisection."""
 
     def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
         super().__init__()
@@ -94,26 +100,33 @@ class ExplainGraph(nn.Module):
             attn.attn_drop.register_forward_hook(self._capture)
         tokens = layout.num_prefix_tokens + layout.grid[0] * layout.grid[1]
         self.register_buffer("eye", torch.eye(tokens, dtype=torch.float32))
+        # vit-explain never discards the CLS-to-CLS entry; without a CLS token nothing is kept.
+        keep = torch.zeros(tokens, tokens, dtype=torch.bool)
+        keep[0, 0] = layout.query == "cls"
+        self.register_buffer("keep", keep)
 
     def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         self._captured.append(output)
 
-    def _rollout(self, attentions: list[torch.Tensor], fusion: str) -> torch.Tensor:
+    def _rollout(self, attentions: list[torch.Tensor], discard_ratio: torch.Tensor) -> torch.Tensor:
+        """(B, fusions, grid_h, grid_w) for HEAD_FUSIONS in order."""
+        k = discard_count(discard_ratio, self.eye.shape[0] ** 2)
         result = None
         for attn in attentions:
-            a = 0.5 * fuse_heads(attn, fusion) + 0.5 * self.eye
+            fused = torch.stack([fuse_heads(attn, f) for f in HEAD_FUSIONS], dim=1)
+            a = 0.5 * discard_lowest(fused, k, self.keep) + 0.5 * self.eye
             a = a / a.sum(dim=-1, keepdim=True)
             # Starting from A'_1 rather than I @ A'_1 keeps constants out of every MatMul, so the
             # INT8 recipe (which quantizes MatMuls with a constant operand) leaves rollout alone.
             result = a if result is None else torch.matmul(a, result)
         prefix = self.layout.num_prefix_tokens
         if self.layout.query == "cls":
-            row = result[:, 0, prefix:]
+            row = result[:, :, 0, prefix:]
         else:
-            row = result[:, prefix:, prefix:].mean(dim=1)
-        return row.reshape(row.shape[0], self.layout.grid[0], self.layout.grid[1])
+            row = result[:, :, prefix:, prefix:].mean(dim=2)
+        return row.reshape(row.shape[0], row.shape[1], *self.layout.grid)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, image: torch.Tensor, discard_ratio: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._captured = []
         logits = self.model(self.normalise(image))
         attentions, self._captured = self._captured, []
@@ -121,4 +134,5 @@ class ExplainGraph(nn.Module):
             raise RuntimeError(
                 f"captured {len(attentions)} attention maps for {len(self.model.blocks)} blocks"
             )
-        return (logits, *(self._rollout(attentions, f) for f in HEAD_FUSIONS))
+        maps = self._rollout(attentions, discard_ratio)
+        return (logits, *maps.unbind(dim=1))

@@ -5,3 +5,4 @@ HEAD_FUSIONS = ("mean", "max", "min")
 INPUT_NAME = "image"
 LOGITS = "logits"
 ROLLOUT_OUTPUTS = tuple(f"rollout_{fusion}" for fusion in HEAD_FUSIONS)
+DISCARD_RATIO = "discard_ratio"  # explain graphs: FP32 [N, 1], vit-explain's ratio in [0, 1)

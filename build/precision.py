@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from build.graphs import INPUT_NAME
+from build.graphs import DISCARD_RATIO, INPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 class _Calibration:
     """ONNX Runtime CalibrationDataReader over uint8 NCHW images, in fixed-size batches."""
 
-    def __init__(self, images: np.ndarray, batch: int = 32) -> None:
+    def __init__(self, images: np.ndarray, discard_ratio: bool, batch: int = 32) -> None:
+        self._discard_ratio = discard_ratio  # explain graphs: calibrate at 0 (the backbone only)
         self._batches: Iterator[np.ndarray] = (
             images[i : i + batch] for i in range(0, len(images), batch)
         )
@@ -78,7 +79,10 @@ class _Calibration:
         self._done += 1
         if self._done % 4 == 0 or self._done == self._total:
             log.info("calibration batch %d/%d", self._done, self._total)
-        return {INPUT_NAME: batch}
+        feeds = {INPUT_NAME: batch}
+        if self._discard_ratio:
+            feeds[DISCARD_RATIO] = np.zeros((len(batch), 1), np.float32)
+        return feeds
 
 
 def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:
@@ -94,7 +98,9 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    include, exclude = weight_matmuls(onnx.load(str(src)))
+    model = onnx.load(str(src))
+    include, exclude = weight_matmuls(model)
+    takes_ratio = DISCARD_RATIO in {i.name for i in model.graph.input}
     log.info(
         "int8 %s: quantizing %d weight layers, keeping %d activation matmuls in float, "
         "calibrating (%s) on %d images",
@@ -107,7 +113,7 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
     quantize_static(
         str(src),
         str(dst),
-        _Calibration(calibration),
+        _Calibration(calibration, takes_ratio),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm", "Conv"],
         nodes_to_quantize=include,

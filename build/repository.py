@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build.contract import ModelContract
-from build.names import HEAD_FUSIONS, INPUT_NAME, LOGITS
+from build.names import DISCARD_RATIO, HEAD_FUSIONS, INPUT_NAME, LOGITS
 
 TASKS = ("classify", "explain")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -62,6 +62,8 @@ def _dims(values: tuple[int, ...] | list[int]) -> str:
 def _tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
     h, w = contract.preprocessing.input_size
     inputs = f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: {_dims((3, h, w))} }}'
+    if task == "explain":  # one vit-explain discard ratio per image, in [0, 1)
+        inputs += f',\n  {{ name: "{DISCARD_RATIO}" data_type: TYPE_FP32 dims: [ 1 ] }}'
     outputs = [
         f'  {{ name: "{LOGITS}" data_type: TYPE_FP32 dims: {_dims((len(contract.labels),))}'
         ' label_filename: "labels.txt" }'
@@ -121,12 +123,19 @@ def config_text(contract: ModelContract, target: str, task: str, precision: str)
     else:
         warm = sorted({1, s.max_batch_size})
     h, w = contract.preprocessing.input_size
+    ratio = (
+        f'  inputs {{ key: "{DISCARD_RATIO}" value {{ data_type: TYPE_FP32 '
+        "dims: [ 1 ] zero_data: true } }\n"
+        if task == "explain"
+        else ""
+    )
     for batch in warm:
         lines.append(
             "model_warmup [ {\n"
             f'  name: "zeros_batch_{batch}" batch_size: {batch}\n'
             f'  inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 '
             f"dims: {_dims((3, h, w))} zero_data: true }} }}\n"
+            f"{ratio}"
             "} ]"
         )
     return "\n".join(lines) + "\n"

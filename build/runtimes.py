@@ -13,11 +13,29 @@ from typing import Protocol
 
 import numpy as np
 
+# Second input of the explain graphs (build/names.py; repeated here because this file is copied
+# into the Triton repository on its own): one ratio per image, FP32 [N, 1].
+DISCARD_RATIO = "discard_ratio"
+
 
 class Runner(Protocol):
     output_names: list[str]
 
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]: ...
+    def run(
+        self, image: np.ndarray, discard_ratio: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+def _feeds(
+    image_name: str, image: np.ndarray, takes_ratio: bool, discard_ratio: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The graph's inputs; an explain graph without a given ratio discards nothing (0.0)."""
+    feeds = {image_name: image}
+    if takes_ratio:
+        if discard_ratio is None:
+            discard_ratio = np.zeros((image.shape[0], 1), np.float32)
+        feeds[DISCARD_RATIO] = np.ascontiguousarray(discard_ratio, np.float32).reshape(-1, 1)
+    return feeds
 
 
 class OnnxRuntimeRunner:
@@ -29,10 +47,14 @@ class OnnxRuntimeRunner:
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self._takes_ratio = DISCARD_RATIO in {i.name for i in self._session.get_inputs()}
         self.output_names = [o.name for o in self._session.get_outputs()]
 
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        values = self._session.run(self.output_names, {self._input: image})
+    def run(
+        self, image: np.ndarray, discard_ratio: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        feeds = _feeds(self._input, image, self._takes_ratio, discard_ratio)
+        values = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values, strict=True))
 
 
@@ -57,6 +79,7 @@ class OpenVinoRunner:
         self._core = ov.Core()
         self._model = self._core.read_model(path)
         self._input = self._model.inputs[0].get_any_name()
+        self._takes_ratio = DISCARD_RATIO in {i.get_any_name() for i in self._model.inputs}
         self.output_names = [o.get_any_name() for o in self._model.outputs]
         self._config: dict[str, object] = {
             "INFERENCE_NUM_THREADS": threads,
@@ -75,23 +98,31 @@ class OpenVinoRunner:
         with self._lock:
             if bucket not in self._compiled:
                 model = self._model.clone()
-                dims = [d.get_length() for d in list(model.inputs[0].get_partial_shape())[1:]]
-                model.reshape({self._input: [bucket, *dims]})
+                shapes = {}
+                for port in model.inputs:  # every input has a leading batch dimension
+                    dims = [d.get_length() for d in list(port.get_partial_shape())[1:]]
+                    shapes[port.get_any_name()] = [bucket, *dims]
+                model.reshape(shapes)
                 compiled = self._core.compile_model(model, "CPU", self._config)
                 # One reusable request per bucket: a Triton model instance runs one batch at a time.
                 self._compiled[bucket] = compiled.create_infer_request()
             return self._compiled[bucket]
 
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def run(
+        self, image: np.ndarray, discard_ratio: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         n = image.shape[0]
         if n > self._buckets[-1]:
             raise ValueError(f"batch of {n} exceeds max_batch_size {self._buckets[-1]}")
         bucket = next(b for b in self._buckets if b >= n)
+        feeds = _feeds(self._input, image, self._takes_ratio, discard_ratio)
         if bucket != n:
-            pad = np.zeros((bucket - n, *image.shape[1:]), dtype=image.dtype)
-            image = np.concatenate([image, pad])
+            feeds = {
+                name: np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), x.dtype)])
+                for name, x in feeds.items()
+            }
         request = self._compiled_for(bucket)
-        request.infer({self._input: image})
+        request.infer(feeds)
         return {
             name: np.array(request.get_tensor(name).data[:n], copy=True)
             for name in self.output_names

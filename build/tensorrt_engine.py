@@ -66,6 +66,11 @@ def build_engine(
     profile = builder.create_optimization_profile()
     opt = max(1, max_batch // 4)
     profile.set_shape(INPUT_NAME, (1, *chw), (opt, *chw), (max_batch, *chw))
+    for i in range(network.num_inputs):  # the explain graphs' discard_ratio: [N, 1]
+        tensor = network.get_input(i)
+        if tensor.name != INPUT_NAME:
+            rest = tuple(tensor.shape)[1:]
+            profile.set_shape(tensor.name, (1, *rest), (opt, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

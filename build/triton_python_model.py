@@ -2,7 +2,8 @@
 Runtime. Copied by the build to <model>/1/model.py beside runtimes.py and model.onnx.
 
 Everything model-specific comes from config.pbtxt: tensor names and dtypes, max_batch_size, and the
-parameters runtime, precision_hint and num_threads ("0" = every core this process may use).
+parameters runtime, precision_hint and num_threads ("0" = every core this process may use). Explain
+models have a second input, discard_ratio (FP32 [1] per image), passed on to the graph.
 """
 
 import json
@@ -13,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from runtimes import create_runner  # found beside this file, after the path insert
+from runtimes import DISCARD_RATIO, create_runner  # found beside this file, after the path insert
 
 
 class TritonPythonModel:
@@ -22,6 +23,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.input_name = config["input"][0]["name"]
+        self.takes_ratio = DISCARD_RATIO in {i["name"] for i in config["input"]}
         self.outputs = [
             (out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
             for out in config["output"]
@@ -34,23 +36,46 @@ class TritonPythonModel:
             max_batch=int(config["max_batch_size"]),
         )
 
+    def _ratios(self, request):
+        """The request's discard ratios, or an error message when one is outside [0, 1)."""
+        ratios = pb_utils.get_input_tensor_by_name(request, DISCARD_RATIO).as_numpy()
+        bad = ratios[~((ratios >= 0) & (ratios < 1))]  # NaN is bad too
+        if bad.size:
+            return None, f"{DISCARD_RATIO} must be in [0, 1); got {float(bad[0])}"
+        return ratios.reshape(-1, 1), None
+
     def execute(self, requests):
         # The dynamic batcher hands over several requests: run them as one batch, split after.
-        arrays = [
-            pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
-        ]
+        # A request with an invalid discard_ratio gets its own error; the others still run.
+        responses = [None] * len(requests)
+        arrays, ratios, valid = [], [], []
+        for i, request in enumerate(requests):
+            if self.takes_ratio:
+                ratio, message = self._ratios(request)
+                if message:
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                    continue
+                ratios.append(ratio)
+            arrays.append(pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy())
+            valid.append(i)
+        if not valid:
+            return responses
         try:
-            results = self.runner.run(np.concatenate(arrays))
+            results = self.runner.run(
+                np.concatenate(arrays), np.concatenate(ratios) if ratios else None
+            )
         except Exception as exc:  # a runtime failure answers every request, never hangs them
             error = pb_utils.TritonError(f"inference failed: {exc}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        responses, start = [], 0
-        for array in arrays:
+            for i in valid:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return responses
+        start = 0
+        for i, array in zip(valid, arrays, strict=True):
             end = start + array.shape[0]
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(results[name][start:end], dtype=dtype))
                 for name, dtype in self.outputs
             ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
             start = end
         return responses

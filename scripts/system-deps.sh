@@ -6,6 +6,7 @@
 #                   real server evaluates the dashboard on live scrapes). Only the two binaries
 #                   are taken from Debian's prometheus package (no service, no web assets).
 #   docker-compose - v1 from Debian, only to check docker-compose.yml per profile (`config -q`).
+#   chromium, chromium-driver - the demo page's browser test (headless; never a downloaded browser).
 set -euo pipefail
 PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
 COMPOSE_DEB_VERSION="1.29.2-3"
@@ -48,6 +49,20 @@ if ! dpkg-query -W -f='${Version}' docker-compose 2>/dev/null | grep -qx "$COMPO
       "docker-compose=${COMPOSE_DEB_VERSION}" >/dev/null
   else
     echo "error: docker-compose ${COMPOSE_DEB_VERSION} not found; apt-get install docker-compose" >&2
+    exit 1
+  fi
+fi
+
+browser=()
+[ -x /usr/bin/chromium ] || browser+=(chromium)
+[ -x /usr/bin/chromedriver ] || browser+=(chromium-driver)
+if [ "${#browser[@]}" -gt 0 ]; then
+  if can_apt; then
+    echo "installing ${browser[*]} (the demo page's browser test)"
+    apt_update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${browser[@]}" >/dev/null
+  else
+    echo "error: missing ${browser[*]}; install them (Debian/Ubuntu: apt-get install ${browser[*]})" >&2
     exit 1
   fi
 fi

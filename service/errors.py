@@ -60,3 +60,9 @@ class TritonFailed(ServiceError):
     """Triton answered with an error that is not the client's fault."""
 
     status, code = 502, "triton_error"
+
+
+class NotAcceptable(ServiceError):
+    """The Accept header excludes every representation the endpoint can send."""
+
+    status, code = 406, "not_acceptable"

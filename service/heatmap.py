@@ -6,12 +6,11 @@ the rest is dimmed (the model never saw it).
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
 from service.colormaps import lut
+from service.encode import encode
 from service.preprocess import CropBox
 
 OUTSIDE_CROP_BRIGHTNESS = 0.5
@@ -45,7 +44,36 @@ def overlay_png(
     alpha: float,
     max_side: int,
 ) -> bytes:
-    """box is in original pixels; display is the (possibly already reduced) original image."""
+    return overlay_encoded("png", display, original_size, grid01, box, colormap, alpha, max_side)
+
+
+def overlay_encoded(
+    image_format: str,
+    display: Image.Image,
+    original_size: tuple[int, int],
+    grid01: np.ndarray,
+    box: CropBox,
+    colormap: str,
+    alpha: float,
+    max_side: int,
+) -> bytes:
+    """overlay(...) encoded as png, jpeg or webp (service/encode.py)."""
+    return encode(
+        overlay(display, original_size, grid01, box, colormap, alpha, max_side), image_format
+    )
+
+
+def overlay(
+    display: Image.Image,
+    original_size: tuple[int, int],
+    grid01: np.ndarray,
+    box: CropBox,
+    colormap: str,
+    alpha: float,
+    max_side: int,
+) -> Image.Image:
+    """The heat over the region the model saw, the rest dimmed. box is in original pixels;
+    display is the (possibly already reduced) original image."""
     base = display_copy(display, max_side)
     scale = base.width / original_size[0]
     out = np.asarray(base, dtype=np.float32) * OUTSIDE_CROP_BRIGHTNESS
@@ -60,8 +88,4 @@ def overlay_png(
     colours = lut(colormap)[index].astype(np.float32)
     seen = np.asarray(base, dtype=np.float32)[top:bottom, left:right]
     out[top:bottom, left:right] = (1.0 - alpha) * seen + alpha * colours
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB").save(
-        buffer, format="PNG", compress_level=1
-    )
-    return buffer.getvalue()
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")

@@ -17,7 +17,7 @@ from service.limits import BodySizeLimit, InFlightLimiter
 from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
 from service.request_metrics import RequestMetrics
-from service.routes import classify, explain, health
+from service.routes import classify, explain, health, page
 from service.triton import TritonBackend
 
 
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)  # outermost: also counts what BodySizeLimit refuses
     errors_http.install(app)
-    for module in (classify, explain, health):
+    for module in (classify, explain, health, page):
         app.include_router(module.router)
+    app.mount("/static", page.static_files(), name="static")  # the demo page's files
     return app

@@ -15,6 +15,8 @@ ENDPOINTS = {
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
+    "/": "page",
+    "/info": "info",
 }
 
 

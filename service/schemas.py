@@ -40,6 +40,7 @@ class ClassifyResponse(BaseModel):
 
 class Heatmap(BaseModel):
     head_fusion: str
+    discard_ratio: float = Field(0.0, description="attention filtered out per layer (0 = none)")
     shape: tuple[int, int] = Field(description="patch grid (rows, cols)")
     grid: list[list[float]] = Field(description="attention rollout, min-max normalised to 0-1")
     crop_box: tuple[float, float, float, float] = Field(
@@ -81,6 +82,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": ErrorResponse,
         "description": "overloaded, Triton down/not ready or its queue full (Retry-After)",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before retrying",
+                "schema": {"type": "integer"},
+            }
+        },
     },
     504: {"model": ErrorResponse, "description": "Triton did not answer within the deadline"},
 }
@@ -107,3 +114,30 @@ IMAGE_REQUEST_BODY = {
         },
     }
 }
+
+
+class ExplainModelInfo(BaseModel):
+    precision: str
+    name: str = Field(description="Triton model, e.g. vit_explain_fp32")
+    discard_ratio: bool = Field(description="takes discard_ratio > 0 (built with that input)")
+
+
+class Info(BaseModel):
+    """What the gateway serves right now: the demo page builds its controls from this."""
+
+    architecture: str
+    input_size: tuple[int, int] = Field(description="height, width the model sees")
+    labels: int = Field(description="number of classes")
+    default_precision: str
+    classify: list[str] = Field(description="precisions with a ready classify model")
+    explain: list[ExplainModelInfo] = Field(description="ready explain models")
+    triton_error: str | None = Field(None, description="why the lists are empty, if they are")
+    head_fusions: list[str]
+    outputs: list[str] = Field(description="output= values of /explain")
+    colormaps: dict[str, str] = Field(
+        description="name -> 256 RGB entries as 1536 hex digits, as the server renders them"
+    )
+    default_colormap: str
+    limits: dict[str, int] = Field(
+        description="max_files, max_body_bytes, max_image_pixels, max_heatmap_side"
+    )

@@ -44,6 +44,7 @@ class Variant:
     task: str
     precision: str
     max_batch_size: int
+    inputs: tuple[str, ...] = ()  # from Triton's model config (older builds lack some)
 
 
 def channel_args(keepalive_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
@@ -113,7 +114,11 @@ class TritonBackend:
                         model["name"], as_json=True, client_timeout=timeout_s
                     )
                     found[(match[1], match[2])] = Variant(
-                        model["name"], match[1], match[2], int(config["config"]["max_batch_size"])
+                        model["name"],
+                        match[1],
+                        match[2],
+                        int(config["config"]["max_batch_size"]),
+                        tuple(i["name"] for i in config["config"].get("input", [])),
                     )
             except Exception as exc:
                 error = translate(exc, self._retry_after_s)
@@ -138,16 +143,25 @@ class TritonBackend:
         return variants[(task, precision)]
 
     async def infer(
-        self, variant: Variant, images: np.ndarray, outputs: list[str], deadline_s: float
+        self,
+        variant: Variant,
+        images: np.ndarray,
+        outputs: list[str],
+        deadline_s: float,
+        scalars: dict[str, float] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run a batch, split into chunks of max_batch_size sent together so Triton can batch
-        them; answers within deadline_s or raises TritonTimeout."""
+        them; answers within deadline_s or raises TritonTimeout. scalars: extra FP32 inputs of
+        dims [1], the same value for every image (e.g. the explain model's discard_ratio)."""
         size = variant.max_batch_size
         chunks = [images[i : i + size] for i in range(0, len(images), size)]
         try:
             results = await asyncio.wait_for(
                 asyncio.gather(
-                    *(self._infer_one(variant.name, c, outputs, deadline_s) for c in chunks)
+                    *(
+                        self._infer_one(variant.name, c, outputs, deadline_s, scalars or {})
+                        for c in chunks
+                    )
                 ),
                 timeout=deadline_s + 0.5,
             )
@@ -160,13 +174,23 @@ class TritonBackend:
         return {name: np.concatenate([r[name] for r in results]) for name in outputs}
 
     async def _infer_one(
-        self, model: str, images: np.ndarray, outputs: list[str], deadline_s: float
+        self,
+        model: str,
+        images: np.ndarray,
+        outputs: list[str],
+        deadline_s: float,
+        scalars: dict[str, float],
     ) -> dict[str, np.ndarray]:
         image = grpcaio.InferInput("image", list(images.shape), "UINT8")
         image.set_data_from_numpy(np.ascontiguousarray(images))
+        inputs = [image]
+        for name, value in scalars.items():
+            scalar = grpcaio.InferInput(name, [len(images), 1], "FP32")
+            scalar.set_data_from_numpy(np.full((len(images), 1), value, np.float32))
+            inputs.append(scalar)
         result = await self._client.infer(
             model,
-            [image],
+            inputs,
             outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
             client_timeout=deadline_s,  # gRPC deadline
             timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): rejected, not late

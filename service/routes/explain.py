@@ -12,12 +12,15 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from service import discard_ratio as discard
 from service import heatmap, metrics
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from service.deps import InferenceSlot, ServicesDep
+from service.encode import IMAGE_FORMATS, negotiate
 from service.errors import InvalidParameter
 from service.inputs import read_uploads
 from service.routes.common import PRECISION_QUERY, deadline_s, served_model
+from service.routes.explain_docs import IMAGE_RESPONSES, image_headers
 from service.schemas import (
     ERROR_RESPONSES,
     IMAGE_REQUEST_BODY,
@@ -37,32 +40,28 @@ async def run_in_pool(executor: Executor, fn: Callable[..., T], *args: Any) -> T
 
 ENDPOINT = "explain"
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
-
-PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "overlay PNG (output=png)"}
-}
+HeadFusion = Literal["mean", "max", "min"]
 
 
 @router.post(
     "/explain",
     response_model=ExplainResponse,
-    responses={**PNG_RESPONSE, **ERROR_RESPONSES},
+    responses={**ERROR_RESPONSES, **IMAGE_RESPONSES},
     openapi_extra=IMAGE_REQUEST_BODY,
 )
 async def explain(
     request: Request,
     services: ServicesDep,
     started: InferenceSlot,
-    head_fusion: Annotated[
-        Literal["mean", "max", "min"], Query(description="how attention heads are fused")
-    ] = "mean",
+    head_fusion: Annotated[HeadFusion, Query(description="how attention heads are fused")] = "mean",
     output: Annotated[
-        Literal["png", "json"],
+        Literal["png", "jpeg", "webp", "json"] | None,
         Query(
-            description="png: the heatmap over the image (one image per request); json: the "
-            "0-1 grid per image with predictions"
+            description="png, jpeg, webp: the heatmap over the image (one image per request); "
+            "json: the 0-1 grid per image with predictions. Default: from the Accept header "
+            "(image/png, image/jpeg, image/webp, application/json), png when it names none"
         ),
-    ] = "png",
+    ] = None,
     alpha: Annotated[float, Query(ge=0.0, le=1.0, description="heatmap opacity")] = 0.5,
     colormap: Annotated[Colormap, Query(description="perceptual colormap")] = DEFAULT_COLORMAP,
     max_side: Annotated[
@@ -71,18 +70,22 @@ async def explain(
     include_png: Annotated[bool, Query(description="json: add the overlay PNG (base64)")] = False,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
     precision: PRECISION_QUERY = None,
+    discard_ratio: Annotated[float, Query(ge=0.0, lt=1.0, description=discard.DESCRIPTION)] = 0.0,
 ) -> Response | ExplainResponse:
     """Attention-rollout heatmaps with predictions, computed by the explain model on Triton."""
     settings = services.settings
+    answer = negotiate(output, request.headers.get("accept"))
     variant = await services.triton.variant(
         "explain", precision or settings.default_precision, settings.readiness_timeout_s
     )
+    scalars = discard.triton_inputs(variant, discard_ratio)
     uploads = await read_uploads(request, settings.max_files)
-    if output == "png" and len(uploads) > 1:
-        raise InvalidParameter("output=png takes one image; use output=json for several")
+    if answer != "json" and len(uploads) > 1:
+        raise InvalidParameter(f"output={answer} takes one image; use output=json for several")
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     timings: dict[str, float] = {}
-    render = output == "png" or include_png
+    render = answer != "json" or include_png
+    image_format = answer if answer in IMAGE_FORMATS else "png"  # json embeds PNG
     # Heatmaps are compared with full decodes (reference, fidelity tests): no draft decoding here.
     prepared = await services.pipeline.prepare(
         uploads, ENDPOINT, timings, allow_draft=False, keep_display=render
@@ -90,7 +93,7 @@ async def explain(
     rollout = f"rollout_{head_fusion}"
     with metrics.stage(ENDPOINT, "triton", timings):
         out = await services.triton.infer(
-            variant, prepared.tensors, ["logits", rollout], deadline_s(settings, started)
+            variant, prepared.tensors, ["logits", rollout], deadline_s(settings, started), scalars
         )
     with metrics.stage(ENDPOINT, "postprocess", timings):
         predictions = services.pipeline.top_k(out["logits"], top_k)
@@ -103,7 +106,8 @@ async def explain(
                 *(
                     run_in_pool(
                         services.executor,
-                        heatmap.overlay_png,
+                        heatmap.overlay_encoded,
+                        image_format,
                         display,
                         size,
                         grid,
@@ -119,18 +123,11 @@ async def explain(
             )
     timings["total"] = round(1000 * (time.perf_counter() - started), 3)
     model = served_model(services, variant)
-    if output == "png":
-        top = predictions[0][0]
+    if answer != "json":
         return Response(
             content=pngs[0],
-            media_type="image/png",
-            headers={
-                "X-Model": model.name,
-                "X-Top-Label": top.label.encode("ascii", "replace").decode(),
-                "X-Top-Class-Index": str(top.class_index),
-                "X-Top-Probability": f"{top.probability:.6f}",
-                "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
-            },
+            media_type=IMAGE_FORMATS[answer].media_type,
+            headers=image_headers(model.name, predictions[0][0], timings),
         )
     results = []
     for i, upload in enumerate(uploads):
@@ -145,6 +142,7 @@ async def explain(
                 predictions=predictions[i],
                 heatmap=Heatmap(
                     head_fusion=head_fusion,
+                    discard_ratio=discard_ratio,
                     shape=(grids[i].shape[0], grids[i].shape[1]),
                     grid=[[round(float(v), 6) for v in row] for row in grids[i]],
                     crop_box=(box.left, box.top, box.right, box.bottom),

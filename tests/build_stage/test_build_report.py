@@ -49,6 +49,24 @@ def test_precision_drop_within_gate(report, precision, limit):
         assert heat["min"] >= 0.99
 
 
+def test_discard_ratio_parity_is_recorded_for_each_runtime_ratio_and_batch(report):
+    """vit-explain's discard_ratio at 0.5, 0.9 and a different ratio per image, against the
+    reference; images with a near-tie at a threshold are counted, the rest compared."""
+    compared = 0
+    for runtime in ("onnxruntime", "openvino_f32"):
+        for batch in ("batch_1", "batch_8"):
+            entry = report["parity"]["explain"][runtime][batch]
+            mixed = ["discard_mixed"] if batch == "batch_8" else []
+            for key in ["discard_0.5", "discard_0.9", *mixed]:
+                for fusion in ("mean", "max", "min"):
+                    check = entry[key][f"rollout_{fusion}"]
+                    assert check["passed"]
+                    compared += check["images_compared"]
+                    if check["images_compared"]:
+                        assert check["max_rel_diff"] <= 1e-4
+    assert compared >= 0.75 * 2 * 3 * (2 * 1 + 3 * 8)  # most images are determinate
+
+
 def test_report_names_calibration_and_versions(report):
     assert report["data"]["calibration"]["images"] >= 500
     assert set(report["versions"]) >= {"torch", "timm", "onnx", "onnxruntime", "openvino"}

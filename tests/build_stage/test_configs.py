@@ -81,6 +81,17 @@ def test_target_specific_fields(repository, task, precision):
     assert [w.batch_size for w in cpu.model_warmup] == [1, 2, 4, 8, 16]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_explain_models_take_a_discard_ratio_per_image_and_warm_it(repository, target, precision):
+    explain = parse(repository / target / model_name("explain", precision) / "config.pbtxt")
+    ratio = next(t for t in explain.input if t.name == "discard_ratio")
+    assert ratio.data_type == mc.TYPE_FP32 and list(ratio.dims) == [1] and not ratio.optional
+    assert all(set(w.inputs) == {"image", "discard_ratio"} for w in explain.model_warmup)
+    classify = parse(repository / target / model_name("classify", precision) / "config.pbtxt")
+    assert [t.name for t in classify.input] == ["image"]
+
+
 def test_configs_on_disk_are_what_the_build_generates(repository, contract):
     """The tracked config.pbtxt files and the generator cannot drift apart unnoticed."""
     for target, task, precision in MODELS:

@@ -64,3 +64,12 @@ def test_fp16_weights_and_kept_io_types(graphs):
         return [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]
 
     assert io(fp16) == io(fp32)
+
+
+def test_discard_ratio_stays_an_unquantized_fp32_input(repository):
+    for p in ("fp32", "fp16", "int8"):
+        model = onnx.load(str(onnx_path(repository, "explain", p)))
+        ratio = next(i for i in model.graph.input if i.name == "discard_ratio")
+        assert ratio.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, p
+        consumers = [n for n in model.graph.node if "discard_ratio" in n.input]
+        assert consumers and all(n.op_type != "QuantizeLinear" for n in consumers), p

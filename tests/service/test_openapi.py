@@ -9,7 +9,7 @@ def test_openapi_documents_parameters_and_errors(http):
     params = {p["name"] for p in explain["parameters"]}
     assert params == {
         "head_fusion", "output", "alpha", "colormap", "max_side", "include_png", "top_k",
-        "precision",
+        "precision", "discard_ratio",
     }  # fmt: skip
     assert all(p.get("description") for p in explain["parameters"] if p["name"] != "top_k")
     for path in ("/classify", "/explain"):
@@ -17,3 +17,23 @@ def test_openapi_documents_parameters_and_errors(http):
         assert {"200", "400", "413", "415", "422", "502", "503", "504"} <= set(op["responses"])
         assert set(op["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
     assert http.get("/docs").status_code == 200
+
+
+def test_openapi_declares_each_binary_answer_and_its_headers(http):
+    spec = http.get("/openapi.json").json()
+    explain = spec["paths"]["/explain"]["post"]
+    ok = explain["responses"]["200"]
+    assert set(ok["content"]) == {"application/json", "image/png", "image/jpeg", "image/webp"}
+    for media_type in ("image/png", "image/jpeg", "image/webp"):
+        assert ok["content"][media_type]["schema"] == {"type": "string", "format": "binary"}
+    assert {"X-Top-Label", "X-Top-Class-Index", "X-Top-Probability", "X-Model"} <= set(
+        ok["headers"]
+    )
+    assert "406" in explain["responses"]
+    for path in ("/classify", "/explain"):
+        unavailable = spec["paths"][path]["post"]["responses"]["503"]
+        assert unavailable["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+    ratio = next(p for p in explain["parameters"] if p["name"] == "discard_ratio")
+    assert ratio["schema"]["minimum"] == 0 and ratio["schema"]["exclusiveMaximum"] == 1
+    assert "vit-explain" in ratio["description"]
+    assert "/info" in spec["paths"]

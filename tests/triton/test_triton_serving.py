@@ -24,11 +24,21 @@ def client(triton):
         yield c
 
 
-def infer(client, model: str, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+def infer(
+    client, model: str, images: np.ndarray, outputs: list[str], ratios: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Explain models also get discard_ratio (FP32 [N, 1]; 0 unless `ratios` is given)."""
     image = grpcclient.InferInput("image", list(images.shape), "UINT8")
     image.set_data_from_numpy(images)
+    inputs = [image]
+    if "_explain_" in model:
+        if ratios is None:
+            ratios = np.zeros((len(images), 1), np.float32)
+        ratio = grpcclient.InferInput("discard_ratio", list(ratios.shape), "FP32")
+        ratio.set_data_from_numpy(ratios)
+        inputs.append(ratio)
     wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
-    result = client.infer(model, [image], outputs=wanted, client_timeout=30)
+    result = client.infer(model, inputs, outputs=wanted, client_timeout=30)
     return {name: result.as_numpy(name) for name in outputs}
 
 
@@ -68,6 +78,45 @@ def test_rollout_served_by_triton_equals_the_pytorch_reference(
     for fusion in HEAD_FUSIONS:
         ref = rollout_reference.rollout(attentions, fusion, contract.layout).numpy()
         assert np.abs(got[f"rollout_{fusion}"] - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_discard_ratio_served_by_triton_equals_the_vit_explain_reference(
+    client, repository, contract, heldout
+):
+    """One request with a different discard ratio per image: the python backend passes each
+    image's ratio to the graph, and each map is vit-explain's rollout at that ratio."""
+    model = digits.create_model()
+    model.load_state_dict(torch.load(repository / "source" / "digits_vit.pth", weights_only=True))
+    model.eval()
+    images = heldout.images[8:16]
+    ratios = [0.0, 0.5, 0.9, 0.25, 0.75, 0.1, 0.95, 0.6]
+    normalised = ClassifyGraph(model, contract.preprocessing).normalise(torch.from_numpy(images))
+    attentions = rollout_reference.extract_attentions(model, normalised)
+    got = infer(
+        client,
+        model_name("explain", "fp32"),
+        images,
+        outputs_of("explain"),
+        np.asarray(ratios, np.float32).reshape(-1, 1),
+    )
+    for fusion in HEAD_FUSIONS:
+        ref = rollout_reference.rollout(attentions, fusion, contract.layout, ratios).numpy()
+        sure = rollout_reference.selection_margin(attentions, fusion, ratios) >= 1e-6
+        diff = np.abs(got[f"rollout_{fusion}"] - ref).max(axis=(1, 2)) / np.abs(ref).max()
+        assert sure.sum() >= 4 and (diff[sure] <= 1e-4).all(), (fusion, diff, sure)
+        # ...and not today's map: at ratio >= 0.5 each map moved well beyond float noise.
+        plain = rollout_reference.rollout(attentions, fusion, contract.layout).numpy()
+        moved = np.abs(got[f"rollout_{fusion}"] - plain).max(axis=(1, 2)) / np.abs(plain).max()
+        assert moved[0] <= 1e-4 and (moved[np.asarray(ratios) >= 0.5] > 1e-3).all(), moved
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan")])
+def test_discard_ratio_outside_0_1_is_refused_and_the_model_keeps_serving(client, heldout, bad):
+    ratios = np.asarray([[bad]], np.float32)
+    with pytest.raises(InferenceServerException, match=r"discard_ratio must be in \[0, 1\)"):
+        infer(client, "vit_explain_fp32", heldout.images[:1], ["logits"], ratios)
+    again = infer(client, "vit_explain_fp32", heldout.images[:1], ["logits"])
+    assert again["logits"].shape == (1, 10)
 
 
 def test_heldout_accuracy_through_triton(client, heldout):
