@@ -1,0 +1,113 @@
+"""Capacity at a p99 SLO: a fixed list of rates, or a search that doubles the offered rate until
+the SLO breaks and then bisects between the last passing and the first failing rate.
+
+Every run is open-loop; a run the generator could not keep to its schedule ends the search, and
+the capacity is then only a lower bound set by the generator (reported as such, never as the
+server's limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loadtest.openloop import RunResult, capacity_at_slo, passes
+
+MEASURED = "measured"  # a passing rate below a failing one
+GENERATOR_BOUND = "generator-bound"  # the generator fell behind before the server failed
+MAX_RATE = "max-rate"  # every rate up to --max-rate passed
+NONE_PASSED = "none-passed"
+
+
+@dataclass
+class Sweep:
+    slo_p99_ms: float
+    results: list[RunResult] = field(default_factory=list)
+    bound: str = MEASURED
+
+    @property
+    def capacity(self) -> float | None:
+        return capacity_at_slo(self.results, self.slo_p99_ms)
+
+    def describe(self) -> str:
+        cap = self.capacity
+        if cap is None:
+            return "none of the tested rates"
+        return {
+            MEASURED: f"{cap:g} req/s",
+            GENERATOR_BOUND: f">= {cap:g} req/s (generator-bound)",
+            MAX_RATE: f">= {cap:g} req/s (max rate tried)",
+        }.get(self.bound, f"{cap:g}")
+
+
+def nice(rate: float) -> float:
+    """Three significant digits: rates that read well in a table."""
+    return float(f"{rate:.3g}")
+
+
+def fixed_rates(run_at: Callable[[float], RunResult], rates: list[float], slo: float) -> Sweep:
+    sweep = Sweep(slo)
+    for rate in rates:
+        sweep.results.append(run_at(rate))
+    if any(not r.valid for r in sweep.results):
+        sweep.bound = GENERATOR_BOUND
+    return sweep
+
+
+def search(
+    run_at: Callable[[float], RunResult],
+    slo_p99_ms: float,
+    start_rate: float,
+    max_rate: float,
+    refine: int = 2,
+    tolerance: float = 1.15,
+) -> Sweep:
+    """Double from start_rate (halve, at most 3 times, if it already fails), then bisect `refine`
+    times while the failing rate is more than `tolerance` x the passing one."""
+    sweep = Sweep(slo_p99_ms)
+    last_pass: float | None = None
+    first_fail: float | None = None
+
+    def probe(rate: float) -> bool | None:
+        """True pass, False fail, None invalid (the generator fell behind)."""
+        result = run_at(nice(rate))
+        sweep.results.append(result)
+        if not result.valid:
+            sweep.bound = GENERATOR_BOUND
+            return None
+        return passes(result, slo_p99_ms)
+
+    rate = min(start_rate, max_rate)
+    while True:
+        verdict = probe(rate)
+        if verdict is None:
+            return sweep
+        if not verdict:
+            first_fail = rate
+            break
+        last_pass = rate
+        if rate >= max_rate:
+            sweep.bound = MAX_RATE
+            return sweep
+        rate = min(rate * 2, max_rate)
+    for _ in range(3):  # the start rate failed: look below it
+        if last_pass is not None:
+            break
+        rate = first_fail = first_fail / 2 if first_fail else rate / 2
+        verdict = probe(rate)
+        if verdict is None:
+            return sweep
+        if verdict:
+            last_pass, first_fail = rate, rate * 2
+    if last_pass is None:
+        sweep.bound = NONE_PASSED
+        return sweep
+    for _ in range(refine):
+        if first_fail / last_pass <= tolerance:
+            break
+        middle = (last_pass + first_fail) / 2
+        verdict = probe(middle)
+        if verdict is None:
+            return sweep
+        last_pass, first_fail = (middle, first_fail) if verdict else (last_pass, middle)
+    return sweep
