@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     (args.out / f"{args.name}.md").write_text(report.loadtest_markdown(meta, sweep))
-    open_runs = [r for r in sweep.results if r.valid and r.mode != CLOSED_LOOP]
+    open_runs = [r for r in sweep.results if r.mode != CLOSED_LOOP and "p99" in r.latency_ms]
     if open_runs:
-        points = [(r.rate, r.latency_ms["p99"]) for r in open_runs if "p99" in r.latency_ms]
+        points = [(r.rate, r.latency_ms["p99"], r.valid) for r in open_runs]
         plots.p99_vs_rate(
             {target.name: points},
             args.slo,

@@ -167,27 +167,44 @@ def _fmt_ratio(r: dict | None) -> str:
     return {"=": "", ">=": ">= ", "<=": "<= ", "?": "~ "}[r["qualifier"]] + f"{r['value']:g}x"
 
 
+def verdict(value: float, want: float, exact: bool, lower_bound: bool) -> str:
+    """met / not met, or undetermined where a bound on one side cannot decide it."""
+    if exact:
+        return "met" if value >= want else "not met"
+    if lower_bound:
+        return "met" if value >= want else "undetermined (a lower bound)"
+    return "not met" if value < want else "undetermined (an upper bound)"
+
+
 def targets(result: dict) -> list[str]:
     rows = []
     for s in result["systems"]:
         if s["system"] != "stack":
             continue
-        want = TARGET_VS_NAIVE.get(s["precision"])
-        got = s["vs_naive"]
+        want, got = TARGET_VS_NAIVE.get(s["precision"]), s["vs_naive"]
         if want and got:
-            ok = got["value"] >= want
-            verdict = "met" if ok and got["qualifier"] in "=>=" else "not met" if not ok else "?"
+            q = got["qualifier"]
+            decided = (
+                "undetermined" if q == "?" else verdict(got["value"], want, q == "=", q == ">=")
+            )
             rows.append(
-                f"| {s['task']} {s['precision']} | >= {want:g}x naive | "
-                f"{_fmt_ratio(got)} | {verdict} |"
+                f"| {s['task']} {s['precision']} | >= {want:g}x naive "
+                f"| {_fmt_ratio(got)} | {decided} |"
             )
         if s["of_alone"] is not None:
-            verdict = "met" if s["of_alone"] >= TARGET_OF_ALONE else "not met"
+            exact = s["bound"] == MEASURED
+            decided = verdict(s["of_alone"], TARGET_OF_ALONE, exact, True)
             rows.append(
-                f"| {s['task']} {s['precision']} | >= {100 * TARGET_OF_ALONE:g}% of "
-                f"model alone | {100 * s['of_alone']:.0f}% | {verdict} |"
+                f"| {s['task']} {s['precision']} | >= {100 * TARGET_OF_ALONE:g}% of model "
+                f"alone | {_fmt_of_alone(s)} | {decided} |"
             )
     return rows
+
+
+def _fmt_of_alone(s: dict) -> str:
+    if s["of_alone"] is None:
+        return "-"
+    return ("" if s["bound"] == MEASURED else ">= ") + f"{100 * s['of_alone']:.0f}%"
 
 
 def markdown(result: dict, plot_names: tuple[str, str]) -> str:
@@ -215,7 +232,7 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
     for s in result["systems"]:
         lat, cpu = s["fixed"]["latency_ms"], s["cpu_ms_per_request"]
         server = cpu.get("gateway", cpu.get("server", "-"))
-        of_alone = f"{100 * s['of_alone']:.0f}%" if s["of_alone"] is not None else "-"
+        of_alone = _fmt_of_alone(s)
         lines.append(
             f"| {s['system']} | {s['task']} | {s['precision']} | {s['capacity']} "
             f"| {_fmt_ratio(s['vs_naive'])} | {of_alone} | {lat.get('p50', '-')} "
@@ -284,11 +301,11 @@ def timeline_run(result: dict) -> tuple[str, dict]:
 def write(result: dict, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     p99_png, timeline_png = out / f"{name}-p99.png", out / f"{name}-timeline.png"
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: dict[str, list[tuple[float, float, bool]]] = {}
     for s in result["systems"]:
         runs = [*s["sweep"], s["fixed"]]
         series[f"{s['system']} {s['task']} {s['precision']}"] = [
-            (r["rate"], r["latency_ms"]["p99"]) for r in runs if r["valid"] and r["latency_ms"]
+            (r["rate"], r["latency_ms"]["p99"], r["valid"]) for r in runs if r["latency_ms"]
         ]
     slo = result["method"]["slo_p99_ms"]
     if result["systems"]:

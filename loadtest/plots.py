@@ -14,15 +14,26 @@ from matplotlib.figure import Figure
 
 
 def p99_vs_rate(
-    series: dict[str, list[tuple[float, float]]], slo_p99_ms: float | None, path: Path, title: str
+    series: dict[str, list[tuple[float, float, bool]]],
+    slo_p99_ms: float | None,
+    path: Path,
+    title: str,
 ) -> Figure:
-    """series: system -> [(offered req/s, p99 ms)]; invalid runs are left out by the caller."""
+    """series: system -> [(offered req/s, p99 ms, valid)]. One line per system through its valid
+    runs; runs where the generator fell behind are crosses off the line (not the server's p99)."""
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for system, points in series.items():
-        if not points:
-            continue
-        rates, p99 = zip(*sorted(points), strict=True)
-        ax.plot(rates, p99, marker="o", label=system)
+        valid = sorted((rate, p99) for rate, p99, ok in points if ok)
+        (line,) = ax.plot([r for r, _ in valid], [p for _, p in valid], marker="o", label=system)
+        invalid = [(rate, p99) for rate, p99, ok in points if not ok]
+        if invalid:
+            ax.plot(
+                *zip(*invalid, strict=True),
+                linestyle="none",
+                marker="x",
+                color=line.get_color(),
+                label="_generator behind",
+            )
     if slo_p99_ms is not None:
         ax.axhline(slo_p99_ms, color="red", linestyle="--", linewidth=1, label="_slo")
         ax.annotate(
@@ -33,7 +44,11 @@ def p99_vs_rate(
             va="bottom",
             fontsize=8,
         )
-    ax.set(xlabel="offered load (req/s, open loop)", ylabel="p99 latency (ms)", title=title)
+    ax.set(
+        xlabel="offered load (req/s, open loop; x = generator behind, invalid)",
+        ylabel="p99 latency (ms)",
+        title=title,
+    )
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
