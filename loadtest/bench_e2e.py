@@ -122,9 +122,16 @@ class Bench:
         self.alone: dict[str, dict] = {}
         self.systems: list[dict] = []
         self.fixed_rate: float | None = args.fixed_rate
+        self.open_logs: list[IO[str]] = []
 
     def log(self, name: str) -> IO[str]:
-        return (self.logs / f"{name}.log").open("a")
+        handle = (self.logs / f"{name}.log").open("a")
+        self.open_logs.append(handle)  # closed by close(), after the process that writes it
+        return handle
+
+    def close(self) -> None:
+        for handle in self.open_logs:
+            handle.close()
 
     def run_at(
         self, target: Target, rate: float, seconds: float, progress: bool = True
@@ -250,12 +257,15 @@ def bench_model(args: argparse.Namespace, model: str) -> dict:
     print(f"\n##### {model}: {repository} (server logs in {logs})", flush=True)
     bench = Bench(args, repository, logs)
     started, load_before = time.time(), bench_report.load_average()
-    if "alone" in args.systems:
-        bench.model_alone()
-    if "naive" in args.systems:
-        bench.naive()
-    if {"triton", "stack"} & set(args.systems):
-        bench.triton_and_stack()
+    try:
+        if "alone" in args.systems:
+            bench.model_alone()
+        if "naive" in args.systems:
+            bench.naive()
+        if {"triton", "stack"} & set(args.systems):
+            bench.triton_and_stack()
+    finally:
+        bench.close()
     return bench_report.assemble(args, model, repository, bench, started, load_before)
 
 
