@@ -146,8 +146,10 @@ class Bench:
         target: Target,
         cpu: dict[str, Callable[[], float]],
         limit: float | None,
+        stats: Callable[[], dict[str, float]] | None = None,
     ) -> None:
-        """Warm up, search the capacity, then one run at the fixed rate with CPU per request."""
+        """Warm up, search the capacity, then one run at the fixed rate with CPU per request
+        (and, through Triton, its queue and compute time per request and mean batch)."""
         a = self.args
         print(f"\n== {system} {task} {precision}: {target.name}", flush=True)
         start = a.start_rate if limit is None else max(a.start_rate, min(limit / 4, a.max_rate / 4))
@@ -162,9 +164,10 @@ class Bench:
         print(f"  capacity at p99 <= {a.slo_p99:g} ms: {sweep.describe()}", flush=True)
         if self.fixed_rate is None:  # the first system sets it: half of what it sustained
             self.fixed_rate = nice((sweep.capacity or a.start_rate) / 2)
-        before = {name: read() for name, read in cpu.items()}
+        before, stats_before = {name: read() for name, read in cpu.items()}, stats and stats()
         fixed = self.run_at(target, self.fixed_rate, a.seconds)
         used = {name: read() - before[name] for name, read in cpu.items()}
+        in_triton = processes.per_request(stats_before, stats()) if stats and stats_before else None
         print(f"  at the fixed rate: {one_line(fixed)}", flush=True)
         done = max(fixed.completed, 1)
         self.systems.append(
@@ -181,6 +184,7 @@ class Bench:
                 "fixed": fixed.to_dict(),
                 "cpu_ms_per_request": {k: round(1000 * v / done, 3) for k, v in used.items()}
                 | {"generator": fixed.generator_cpu_ms_per_request},
+                "triton_per_request": in_triton,
             }
         )
 
@@ -222,15 +226,18 @@ class Bench:
         assert triton.process is not None  # started
         pid = triton.process.pid
         triton_cpu = {"triton": lambda: processes.cpu_seconds(pid)}
+
+        def stats(model: str) -> Callable[[], dict[str, float]]:
+            return lambda: processes.triton_model_stats(triton.ports.http, model)
+
         if "triton" in self.args.systems:
             for task, precision in self.variants:
                 name = f"vit_{task}_{precision}"
                 target: Target = TritonTarget(
                     f"triton gRPC {name}", grpc, name, self.tensors, outputs=()
                 )
-                self.measure(
-                    "triton", task, precision, target, triton_cpu, self.limit(task, precision)
-                )
+                limit = self.limit(task, precision)
+                self.measure("triton", task, precision, target, triton_cpu, limit, stats(name))
         if "stack" not in self.args.systems:
             return
         gateway = processes.gateway(triton.ports.grpc, self.repository, self.log("gateway"))
@@ -244,7 +251,9 @@ class Bench:
                     self.bodies,
                     {"precision": precision},
                 )
-                self.measure("stack", task, precision, target, cpu, self.limit(task, precision))
+                limit = self.limit(task, precision)
+                name = f"vit_{task}_{precision}"
+                self.measure("stack", task, precision, target, cpu, limit, stats(name))
 
     def limit(self, task: str, precision: str) -> float | None:
         alone = self.alone.get(f"{task}/{precision}")

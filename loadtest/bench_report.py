@@ -246,6 +246,29 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
         "divided by the requests answered.",
         "",
     ]
+    inside = [s for s in result["systems"] if s.get("triton_per_request")]
+    if inside:
+        lines += [
+            f"## Inside Triton at {fixed:g} req/s (its statistics API)",
+            "",
+            "| system | task | precision | p50 ms end to end | queue ms/req | compute ms/req "
+            "| mean batch |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for s in inside:
+            t = s["triton_per_request"]
+            lines.append(
+                f"| {s['system']} | {s['task']} | {s['precision']} "
+                f"| {s['fixed']['latency_ms'].get('p50', '-')} | {t['queue_ms']} "
+                f"| {t['compute_ms']} | {t['mean_batch']} |"
+            )
+        lines += [
+            "",
+            "compute: each request is charged its whole batch's time (input, model, "
+            "output in the python backend). End to end minus queue and compute is HTTP, "
+            "decode, preprocess, gRPC and the generator.",
+            "",
+        ]
     if result["model_alone"]:
         lines += [
             "## Model alone, in-process (the limit)",

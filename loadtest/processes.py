@@ -5,12 +5,14 @@ gateway (exactly as `make serve` runs it) and the naive server; and their CPU ti
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +144,39 @@ def triton(repository: Path, log: IO[str]) -> LocalTriton:
     """Started (ready) local Triton on the repository's cpu models; stop() it when done."""
     ports = Ports(free_port(), free_port(), free_port())
     return LocalTriton(repository / "cpu", ports, log=log).start(ready_timeout_s=600)
+
+
+def triton_model_stats(http_port: int, model: str) -> dict[str, float]:
+    """Cumulative counters of one model from Triton's statistics API: requests, executions
+    (batches), and nanoseconds queued and computing, summed over every request."""
+    url = f"http://127.0.0.1:{http_port}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.load(response)["model_stats"][0]
+    inference = stats["inference_stats"]
+    return {
+        "requests": float(inference["success"]["count"]),
+        "images": float(stats["inference_count"]),
+        "executions": float(stats["execution_count"]),
+        **{
+            f"{k}_ns": float(inference[k]["ns"])
+            for k in ("queue", "compute_input", "compute_infer", "compute_output")
+        },
+    }
+
+
+def per_request(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Triton's view of a run: mean queue and compute ms per request, mean batch size."""
+    requests = after["requests"] - before["requests"]
+    executions = after["executions"] - before["executions"]
+    if requests <= 0 or executions <= 0:
+        return {"queue_ms": None, "compute_ms": None, "mean_batch": None}
+    ms = {
+        k: (after[f"{k}_ns"] - before[f"{k}_ns"]) / requests / 1e6
+        for k in ("queue", "compute_input", "compute_infer", "compute_output")
+    }
+    return {
+        "queue_ms": round(ms["queue"], 3),
+        # Each request in a batch is charged the whole batch's compute time.
+        "compute_ms": round(ms["compute_input"] + ms["compute_infer"] + ms["compute_output"], 3),
+        "mean_batch": round((after["images"] - before["images"]) / executions, 2),
+    }

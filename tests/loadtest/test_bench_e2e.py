@@ -80,6 +80,10 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
         "triton": {"triton", "generator"},
         "stack": {"gateway", "triton", "generator"},
     }
+    for s in result["systems"][1:]:  # through Triton: its own view of the fixed-rate run
+        assert s["triton_per_request"]["mean_batch"] >= 1, s
+        assert s["triton_per_request"]["compute_ms"] > 0
+    assert result["systems"][0]["triton_per_request"] is None
     assert set(result["model_alone"]) == {"classify/int8", "explain/int8"}
     assert result["model_alone"]["classify/int8"]["best_images_per_s"] > 0
     assert (
@@ -91,6 +95,7 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     assert result["versions"]["nvidia-pytriton"] and result["machine"]["cores_usable"] >= 1
     md = (tmp_path / "e2e-default.md").read_text()
     assert "> **smoke test**" in md and "| stack | explain | int8 |" in md
+    assert "## Inside Triton at 4 req/s" in md
     assert len(result["plots"]["p99_vs_rate"]) == 5
     assert (tmp_path / "e2e-default-p99.png").is_file()
     assert (tmp_path / "e2e-default-timeline.png").is_file()

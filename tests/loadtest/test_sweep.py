@@ -53,9 +53,25 @@ def test_a_failing_start_rate_looks_below_it():
 def test_a_generator_that_falls_behind_ends_the_search_with_a_lower_bound():
     run_at, probed = server(capacity=500, generator_limit=50)
     sweep = search(run_at, 500, start_rate=10, max_rate=1000)
-    assert probed == [10, 20, 40, 80]
+    assert probed == [10, 20, 40, 80, 80]  # an invalid run is repeated once
     assert sweep.capacity == 40 and sweep.bound == GENERATOR_BOUND
     assert sweep.describe() == ">= 40 req/s (generator-bound)"
+
+
+def test_one_invalid_run_is_repeated_before_the_search_gives_up():
+    """Another process took the cores once: the repeat is valid and the search goes on."""
+    run_at, probed = server(capacity=30)
+    hiccup = {"left": 1}
+
+    def flaky(rate: float) -> RunResult:
+        result = run_at(rate)
+        if rate == 20 and hiccup["left"]:
+            hiccup["left"] -= 1
+            result.valid = False
+        return result
+
+    sweep = search(flaky, 500, start_rate=10, max_rate=1000, refine=0)
+    assert probed == [10, 20, 20, 40] and sweep.capacity == 20 and sweep.bound == MEASURED
 
 
 def test_the_max_rate_caps_the_search():
