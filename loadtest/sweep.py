@@ -49,8 +49,7 @@ def fixed_rates(run_at: Callable[[float], RunResult], rates: list[float], slo: f
     sweep = Sweep(slo)
     for rate in rates:
         sweep.results.append(run_at(rate))
-    if any(not r.valid for r in sweep.results):
-        sweep.bound = GENERATOR_BOUND
+    sweep.bound = conclude(sweep)
     return sweep
 
 
@@ -62,55 +61,56 @@ def search(
     refine: int = 2,
     tolerance: float = 1.15,
 ) -> Sweep:
-    """Double from start_rate (halve, at most 3 times, if it already fails), then bisect `refine`
+    """Double from start_rate, or halve (at most 3 times) while it fails, then bisect `refine`
     times while the failing rate is more than `tolerance` x the passing one. A rate whose run is
-    invalid twice in a row ends the search (GENERATOR_BOUND)."""
+    invalid twice in a row (the generator fell behind) counts as a ceiling, like a failure, but
+    the capacity below it is then only a lower bound."""
     sweep = Sweep(slo_p99_ms)
-    last_pass: float | None = None
-    first_fail: float | None = None
 
-    def probe(rate: float) -> bool | None:
-        """True pass, False fail, None invalid (the generator fell behind twice: once may be
-        another process taking the cores for a moment, and the run is repeated)."""
+    def probe(rate: float) -> bool:
+        """Pass or not; an invalid run is repeated once (another process may have taken the
+        cores for a moment)."""
         for _ in range(2):
             result = run_at(nice(rate))
             sweep.results.append(result)
             if result.valid:
                 return passes(result, slo_p99_ms)
-        sweep.bound = GENERATOR_BOUND
-        return None
+        return False
 
     rate = min(start_rate, max_rate)
-    while True:
-        verdict = probe(rate)
-        if verdict is None:
-            return sweep
-        if not verdict:
-            first_fail = rate
-            break
+    last_pass: float | None = None
+    first_fail: float | None = None
+    while probe(rate):
         last_pass = rate
         if rate >= max_rate:
-            sweep.bound = MAX_RATE
-            return sweep
+            break
         rate = min(rate * 2, max_rate)
-    for _ in range(3):  # the start rate failed: look below it
+    else:
+        first_fail = rate
+    for _ in range(3):
         if last_pass is not None:
             break
-        rate = first_fail = first_fail / 2 if first_fail else rate / 2
-        verdict = probe(rate)
-        if verdict is None:
-            return sweep
-        if verdict:
-            last_pass, first_fail = rate, rate * 2
-    if last_pass is None:
-        sweep.bound = NONE_PASSED
-        return sweep
+        rate /= 2
+        if probe(rate):
+            last_pass = rate
+        else:
+            first_fail = rate
     for _ in range(refine):
-        if first_fail / last_pass <= tolerance:
+        if last_pass is None or first_fail is None or first_fail / last_pass <= tolerance:
             break
         middle = (last_pass + first_fail) / 2
-        verdict = probe(middle)
-        if verdict is None:
-            return sweep
-        last_pass, first_fail = (middle, first_fail) if verdict else (last_pass, middle)
+        last_pass, first_fail = (middle, first_fail) if probe(middle) else (last_pass, middle)
+    sweep.bound = conclude(sweep)
     return sweep
+
+
+def conclude(sweep: Sweep) -> str:
+    """What the capacity is: bracketed by a valid failing run above it, only a lower bound
+    (invalid runs above it), or the top of the search."""
+    cap = sweep.capacity
+    above = [r for r in sweep.results if cap is None or r.rate > cap]
+    if any(r.valid and not passes(r, sweep.slo_p99_ms) for r in above):
+        return MEASURED if cap is not None else NONE_PASSED
+    if any(not r.valid for r in above):
+        return GENERATOR_BOUND
+    return MAX_RATE if cap is not None else NONE_PASSED

@@ -53,9 +53,17 @@ def test_a_failing_start_rate_looks_below_it():
 def test_a_generator_that_falls_behind_ends_the_search_with_a_lower_bound():
     run_at, probed = server(capacity=500, generator_limit=50)
     sweep = search(run_at, 500, start_rate=10, max_rate=1000)
-    assert probed == [10, 20, 40, 80, 80]  # an invalid run is repeated once
-    assert sweep.capacity == 40 and sweep.bound == GENERATOR_BOUND
-    assert sweep.describe() == ">= 40 req/s (generator-bound)"
+    # An invalid run is repeated once; twice invalid, the rate is a ceiling for the bisection.
+    assert probed == [10, 20, 40, 80, 80, 60, 60, 50]
+    assert sweep.capacity == 50 and sweep.bound == GENERATOR_BOUND
+    assert sweep.describe() == ">= 50 req/s (generator-bound)"
+
+
+def test_an_invalid_start_rate_looks_below_it():
+    run_at, probed = server(capacity=500, generator_limit=15)
+    sweep = search(run_at, 500, start_rate=40, max_rate=1000, refine=2)
+    assert probed == [40, 40, 20, 20, 10, 15, 17.5, 17.5]
+    assert sweep.capacity == 15 and sweep.bound == GENERATOR_BOUND
 
 
 def test_one_invalid_run_is_repeated_before_the_search_gives_up():
@@ -83,4 +91,6 @@ def test_the_max_rate_caps_the_search():
 def test_fixed_rates_run_every_rate():
     run_at, probed = server(capacity=25, generator_limit=60)
     sweep = fixed_rates(run_at, [10, 20, 40, 80], 500)
-    assert probed == [10, 20, 40, 80] and sweep.capacity == 20 and sweep.bound == GENERATOR_BOUND
+    assert probed == [10, 20, 40, 80] and sweep.capacity == 20 and sweep.bound == MEASURED
+    run_at, _ = server(capacity=500)
+    assert fixed_rates(run_at, [10, 20], 500).bound == MAX_RATE
