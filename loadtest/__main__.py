@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "slo_p99_ms": args.slo,
-        "command": "python -m loadtest " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m loadtest " + shlex.join(sys.argv[1:] if argv is None else argv),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     capacity = sweep.capacity if args.slo is not None else None

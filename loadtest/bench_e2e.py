@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -280,7 +281,7 @@ def bench_model(args: argparse.Namespace, model: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m loadtest.bench_e2e " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m loadtest.bench_e2e " + shlex.join(sys.argv[1:] if argv is None else argv)
     for model in args.models:
         try:
             result = bench_model(args, model)
