@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shlex
 import subprocess
 import sys
@@ -165,6 +166,9 @@ class Bench:
         print(f"  capacity at p99 <= {a.slo_p99:g} ms: {sweep.describe()}", flush=True)
         if self.fixed_rate is None:  # the first system sets it: half of what it sustained
             self.fixed_rate = nice((sweep.capacity or a.start_rate) / 2)
+        stages: dict[str, list[float]] = {}
+        if isinstance(target, HttpTarget) and system == "stack":
+            target = dataclasses.replace(target, stages=stages)
         before, stats_before = {name: read() for name, read in cpu.items()}, stats and stats()
         fixed = self.run_at(target, self.fixed_rate, a.seconds)
         used = {name: read() - before[name] for name, read in cpu.items()}
@@ -186,6 +190,8 @@ class Bench:
                 "cpu_ms_per_request": {k: round(1000 * v / done, 3) for k, v in used.items()}
                 | {"generator": fixed.generator_cpu_ms_per_request},
                 "triton_per_request": in_triton,
+                # The gateway's own timings_ms, mean per answer: where its wall time went.
+                "gateway_stages_ms": {k: round(v / n, 3) for k, (v, n) in stages.items()} or None,
             }
         )
 

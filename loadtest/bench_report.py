@@ -252,21 +252,23 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
             f"## Inside Triton at {fixed:g} req/s (its statistics API)",
             "",
             "| system | task | precision | p50 ms end to end | queue ms/req | compute ms/req "
-            "| mean batch |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| mean batch | gateway stages, mean ms |",
+            "|---|---|---|---:|---:|---:|---:|---|",
         ]
         for s in inside:
-            t = s["triton_per_request"]
+            t, g = s["triton_per_request"], s.get("gateway_stages_ms") or {}
+            stages = ", ".join(f"{k} {v:g}" for k, v in g.items()) or "-"
             lines.append(
                 f"| {s['system']} | {s['task']} | {s['precision']} "
                 f"| {s['fixed']['latency_ms'].get('p50', '-')} | {t['queue_ms']} "
-                f"| {t['compute_ms']} | {t['mean_batch']} |"
+                f"| {t['compute_ms']} | {t['mean_batch']} | {stages} |"
             )
         lines += [
             "",
             "compute: each request is charged its whole batch's time (input, model, "
             "output in the python backend). End to end minus queue and compute is HTTP, "
-            "decode, preprocess, gRPC and the generator.",
+            "decode, preprocess, gRPC and the generator. Gateway stages: its own `timings_ms` "
+            "(JSON) or `Server-Timing` (PNG answers), wall time inside the gateway.",
             "",
         ]
     if result["model_alone"]:

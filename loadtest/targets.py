@@ -33,6 +33,9 @@ class HttpTarget:
     params: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 30.0
     transport: httpx.AsyncBaseTransport | None = None  # for unit tests with a fake server
+    # When given, the gateway's own per-stage timings of each 200 answer (JSON timings_ms or the
+    # Server-Timing header) are summed here: stage -> [total ms, answers].
+    stages: dict[str, list[float]] | None = None
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Send]:
@@ -56,9 +59,26 @@ class HttpTarget:
                     return "timeout"
                 except httpx.TransportError as exc:
                     return type(exc).__name__
+                if self.stages is not None and r.status_code == 200:
+                    add_stages(self.stages, r)
                 return str(r.status_code)
 
             yield send
+
+
+def add_stages(sums: dict[str, list[float]], response: httpx.Response) -> None:
+    timings: dict[str, float] = {}
+    if header := response.headers.get("server-timing"):
+        for item in header.split(","):
+            name, _, duration = item.strip().partition(";dur=")
+            if duration:
+                timings[name] = float(duration)
+    elif response.headers.get("content-type", "").startswith("application/json"):
+        timings = response.json().get("timings_ms") or {}
+    for name, ms in timings.items():
+        total = sums.setdefault(name, [0.0, 0])
+        total[0] += ms
+        total[1] += 1
 
 
 @dataclass(frozen=True)

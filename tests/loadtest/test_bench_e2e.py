@@ -84,6 +84,10 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
         assert s["triton_per_request"]["mean_batch"] >= 1, s
         assert s["triton_per_request"]["compute_ms"] > 0
     assert result["systems"][0]["triton_per_request"] is None
+    for s in result["systems"][3:]:  # the gateway's own timings of its answers
+        stages = s["gateway_stages_ms"]
+        assert {"decode", "preprocess", "triton", "total"} <= set(stages), s
+        assert 0 < stages["triton"] < stages["total"]
     assert set(result["model_alone"]) == {"classify/int8", "explain/int8"}
     assert result["model_alone"]["classify/int8"]["best_images_per_s"] > 0
     assert (

@@ -166,3 +166,18 @@ def test_triton_target_sends_preprocessed_tensors_over_grpc(triton, heldout):
     missing = TritonTarget("triton", url, "no_such_model", tensors)
     result = asyncio.run(run(missing, 10, 0.5, "constant", progress=False))
     assert result.errors == result.sent == 5 and "OK" not in result.statuses
+
+
+def test_gateway_stage_timings_are_collected_from_json_and_server_timing():
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/classify":
+            return httpx.Response(200, json={"timings_ms": {"decode": 2.0, "total": 10.0}})
+        return httpx.Response(200, headers={"Server-Timing": "decode;dur=4.0, total;dur=30.5"})
+
+    stages: dict[str, list[float]] = {}
+    for path in ("/classify", "/explain"):
+        target = HttpTarget(
+            "t", "http://fake", path, BODY, transport=httpx.MockTransport(answer), stages=stages
+        )
+        asyncio.run(run(target, 20, 0.5, "constant", progress=False))
+    assert stages == {"decode": [10 * 2.0 + 10 * 4.0, 20], "total": [10 * 10.0 + 10 * 30.5, 20]}
