@@ -22,7 +22,7 @@ from pathlib import Path
 from loadtest import corpus as corpora
 from loadtest import plots, report
 from loadtest.openloop import CLOSED_LOOP, RunResult, Target, passes, run, run_closed
-from loadtest.sweep import Sweep, fixed_rates, search
+from loadtest.sweep import GENERATOR_BOUND, Sweep, fixed_rates, search
 from loadtest.targets import Body, HttpTarget, TritonTarget
 from service.model_info import ModelMetadata
 
@@ -99,7 +99,7 @@ def make_target(args: argparse.Namespace, corpus: corpora.Corpus) -> Target:
 
 def exit_status(sweep: Sweep, searched: bool) -> int:
     if searched:
-        return 0 if sweep.capacity is not None else (3 if sweep.bound == "generator-bound" else 1)
+        return 0 if sweep.capacity is not None else (3 if sweep.bound == GENERATOR_BOUND else 1)
     valid = [r for r in sweep.results if r.valid]
     if any(not passes(r, sweep.slo_p99_ms) for r in valid):
         return 1

@@ -21,10 +21,17 @@ def p99_vs_rate(
 ) -> Figure:
     """series: system -> [(offered req/s, p99 ms, valid)]. One line per system through its valid
     runs; runs where the generator fell behind are crosses off the line (not the server's p99)."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for system, points in series.items():
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: every system its own
+    for index, (system, points) in enumerate(series.items()):
         valid = sorted((rate, p99) for rate, p99, ok in points if ok)
-        (line,) = ax.plot([r for r, _ in valid], [p for _, p in valid], marker="o", label=system)
+        (line,) = ax.plot(
+            [r for r, _ in valid],
+            [p for _, p in valid],
+            marker="o",
+            label=system,
+            color=colours[(2 * index) % 20 + (2 * index) // 20 % 2],
+        )
         invalid = [(rate, p99) for rate, p99, ok in points if not ok]
         if invalid:
             ax.plot(
@@ -51,7 +58,7 @@ def p99_vs_rate(
     )
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over data
     return _save(fig, path)
 
 
