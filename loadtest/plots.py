@@ -22,7 +22,9 @@ def p99_vs_rate(
     """series: system -> [(offered req/s, p99 ms, valid)]. One line per system through its valid
     runs; runs where the generator fell behind are crosses off the line (not the server's p99)."""
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
-    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: every system its own
+    # 20 distinct colours, the ten strong ones first: every system its own.
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
     for index, (system, points) in enumerate(series.items()):
         valid = sorted((rate, p99) for rate, p99, ok in points if ok)
         (line,) = ax.plot(
@@ -30,7 +32,7 @@ def p99_vs_rate(
             [p for _, p in valid],
             marker="o",
             label=system,
-            color=colours[(2 * index) % 20 + (2 * index) // 20 % 2],
+            color=colours[index % len(colours)],
         )
         invalid = [(rate, p99) for rate, p99, ok in points if not ok]
         if invalid:
