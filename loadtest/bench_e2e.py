@@ -41,7 +41,7 @@ from loadtest.report import one_line
 from loadtest.sweep import nice, search
 from loadtest.targets import Body, HttpTarget, TritonTarget
 from local_triton.launcher import LocalTriton, TritonLaunchError
-from service.model_info import ModelMetadata
+from service.model_info import MetadataError, ModelMetadata
 
 SYSTEMS = ("naive", "alone", "triton", "stack")
 BUILT_MODELS = processes.ROOT / ".run" / "bench-e2e"
@@ -49,16 +49,22 @@ BUILT_MODELS = processes.ROOT / ".run" / "bench-e2e"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="default,vit_small_patch16_224")
+    p.add_argument(
+        "--models",
+        default="default,vit_small_patch16_224",
+        help="comma list: 'default' (--repository) and/or timm model names",
+    )
     p.add_argument(
         "--repository",
         type=Path,
         default=Path("model_repository"),
         help="the repository of the 'default' model",
     )
-    p.add_argument("--systems", default=",".join(SYSTEMS))
-    p.add_argument("--precisions", default="fp32,fp16,int8")
-    p.add_argument("--tasks", default="classify,explain")
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma list of " + ", ".join(SYSTEMS)
+    )
+    p.add_argument("--precisions", default="fp32,fp16,int8", help="comma list (those served)")
+    p.add_argument("--tasks", default="classify,explain", help="comma list: classify, explain")
     p.add_argument("--slo-p99", type=float, default=500.0, help="p99 SLO in ms")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per offered rate")
     p.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds per system")
@@ -121,6 +127,11 @@ class Bench:
             for p in args.precisions
             if (repository / "cpu" / f"vit_{t}_{p}").is_dir()
         ]
+        if not self.variants:
+            raise ValueError(
+                f"{repository / 'cpu'} serves none of tasks {args.tasks} x "
+                f"precisions {args.precisions}"
+            )
         self.alone: dict[str, dict] = {}
         self.systems: list[dict] = []
         self.fixed_rate: float | None = args.fixed_rate
@@ -291,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         try:
             result = bench_model(args, model)
-        except (RuntimeError, OSError, TritonLaunchError, subprocess.CalledProcessError) as exc:
+        except (
+            RuntimeError,
+            OSError,
+            ValueError,
+            MetadataError,
+            TritonLaunchError,
+            subprocess.CalledProcessError,
+        ) as exc:
             print(f"error: {model}: {exc}", file=sys.stderr)
             return 2
         result["command"] = command

@@ -103,3 +103,11 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     assert len(result["plots"]["p99_vs_rate"]) == 5
     assert (tmp_path / "e2e-default-p99.png").is_file()
     assert (tmp_path / "e2e-default-timeline.png").is_file()
+
+
+def test_bad_input_is_one_error_line(repository: Path, tmp_path: Path, capsys):
+    assert bench_e2e.main(["--models", "default", "--repository", str(tmp_path)]) == 2
+    assert "model.json not found" in capsys.readouterr().err
+    argv = ["--models", "default", "--repository", str(repository), "--precisions", "bf16"]
+    assert bench_e2e.main(argv) == 2
+    assert "serves none of tasks" in capsys.readouterr().err
