@@ -10,7 +10,7 @@ PORT ?= 8080
 ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install repo serve triton test test-slow lint bench loadtest engines clean-repo \
+.PHONY: help install repo serve triton test test-slow lint bench loadtest bench-e2e engines clean-repo \
 	check-deploy
 
 help:
@@ -19,7 +19,8 @@ help:
 	@echo "make repo    (re)build the model repository; pass options with ARGS='--model ...'"
 	@echo "make triton  run only the local Triton on $(REPO)/cpu"
 	@echo "make bench   images/s per variant at batch 1 and 8 (docs/benchmarks/)"
-	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-ms 50')"
+	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-p99 50')"
+	@echo "make bench-e2e capacity at a p99 SLO: naive server vs model alone vs Triton vs this stack"
 	@echo "make engines build TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
 	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
 	@echo "make check-deploy  only the deployment checks: compose, Dockerfiles, Kubernetes, monitoring"
@@ -69,6 +70,10 @@ bench: $(STAMP) $(BUILT)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest $(ARGS)
+
+# Starts and stops its own servers on free ports; builds ViT-S/16 (random weights) once if absent.
+bench-e2e: $(STAMP) $(BUILT)
+	$(BIN)/python -m loadtest.bench_e2e $(ARGS)
 
 engines:
 	$(BIN)/python -m build.tensorrt_engine --repository $(REPO)

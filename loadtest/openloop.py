@@ -1,10 +1,13 @@
-"""Open-loop load test: requests leave on a precomputed schedule (constant or Poisson arrivals),
-never waiting for earlier answers, and each latency is measured from its *scheduled* send time.
+"""The generator: requests leave on a precomputed schedule (constant or Poisson arrivals), never
+waiting for earlier answers, and each latency is measured from its *scheduled* send time.
 
 A closed-loop generator (N users that wait for each answer) sends less when the server stalls and
 so hides the stall from its percentiles (coordinated omission). Here a stall shows up as latency.
 If the generator itself falls behind its schedule (more than LATE_MS late for more than 1% of
 requests) the run is marked invalid rather than reported as the server's latency.
+
+run_closed() is the closed loop, for comparison with tools that work that way; its results carry
+mode "closed-loop" and every report prints that label beside them.
 """
 
 from __future__ import annotations
@@ -13,31 +16,37 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
-import httpx
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 LATE_MS = 10.0
 MAX_LATE_FRACTION = 0.01
 HISTOGRAM_MAX_US = 120_000_000  # 2 minutes
+SUCCESS = frozenset({"200", "OK"})  # HTTP 200, gRPC OK
+OPEN_LOOP, CLOSED_LOOP = "open-loop", "closed-loop"
+
+Send = Callable[[int], Awaitable[str]]  # request index -> status label ("200", "503", "OK", ...)
 
 
-@dataclass(frozen=True)
-class Target:
-    url: str  # gateway base URL
-    path: str  # /classify or /explain
-    body: bytes
-    content_type: str
-    params: dict[str, str] = field(default_factory=dict)
-    timeout_s: float = 30.0
+class Target(Protocol):
+    """Something to load: connect() opens its connections and yields send(index)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def connect(self) -> AbstractAsyncContextManager[Send]: ...
 
 
 @dataclass
 class RunResult:
-    rate: float
+    rate: float  # offered req/s (open loop); achieved req/s (closed loop)
     duration_s: float
-    arrival: str
+    arrival: str  # constant | poisson | closed-loop
     sent: int
     completed: int
     statuses: dict[str, int]
@@ -47,9 +56,20 @@ class RunResult:
     valid: bool
     latency_ms: dict[str, float]
     achieved_rps: float
+    mode: str = OPEN_LOOP
+    concurrency: int | None = None  # closed loop: the number of users
+    generator_cpu_ms_per_request: float | None = None
+    # Percentiles per time window, by scheduled send time: what requests sent then experienced.
+    timeline: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def label(self) -> str:
+        if self.mode == CLOSED_LOOP:
+            return f"closed-loop ({self.concurrency} users; stalls hidden)"
+        return f"open-loop {self.arrival}"
 
 
 def schedule(rate: float, duration_s: float, arrival: str, seed: int = 0) -> list[float]:
@@ -68,7 +88,7 @@ def schedule(rate: float, duration_s: float, arrival: str, seed: int = 0) -> lis
     raise ValueError(f"arrival must be 'constant' or 'poisson', not {arrival!r}")
 
 
-def _percentiles(hist: HdrHistogram) -> dict[str, float]:
+def percentiles(hist: HdrHistogram) -> dict[str, float]:
     if hist.get_total_count() == 0:
         return {}
     ms = {f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)}
@@ -77,85 +97,174 @@ def _percentiles(hist: HdrHistogram) -> dict[str, float]:
     return {k: round(v, 3) for k, v in ms.items()}
 
 
+def timeline(
+    starts_s: list[float], latencies_ms: list[float], duration_s: float
+) -> list[dict[str, float]]:
+    """p50/p90/p99/max per window of send time (1 s, or a fifth of a short run)."""
+    if not starts_s:
+        return []
+    window = 1.0 if duration_s >= 5 else duration_s / 5
+    starts, lat = np.asarray(starts_s), np.asarray(latencies_ms)
+    rows = []
+    for index in range(int(np.ceil(duration_s / window))):
+        chosen = lat[(starts >= index * window) & (starts < (index + 1) * window)]
+        if chosen.size:
+            p50, p90, p99 = np.percentile(chosen, [50, 90, 99])
+            rows.append(
+                {
+                    "t_s": round(index * window, 3),
+                    "n": int(chosen.size),
+                    "p50": round(float(p50), 3),
+                    "p90": round(float(p90), 3),
+                    "p99": round(float(p99), 3),
+                    "max": round(float(chosen.max()), 3),
+                }
+            )
+    return rows
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.hist = HdrHistogram(1, HISTOGRAM_MAX_US, 3)
+        self.statuses: Counter[str] = Counter()
+        self.starts: list[float] = []
+        self.latencies_ms: list[float] = []
+
+    async def timed(self, send: Send, index: int, start: float, since: float) -> None:
+        """Send one request; latency counts from `since` (its scheduled or actual send time)."""
+        try:
+            status = await send(index)
+        except Exception as exc:  # a target that raises still yields a counted, labelled error
+            status = type(exc).__name__
+        self.statuses[status] += 1
+        latency_us = max(1, round((time.perf_counter() - since) * 1e6))
+        self.hist.record_value(min(latency_us, HISTOGRAM_MAX_US))
+        self.starts.append(since - start)
+        self.latencies_ms.append(latency_us / 1000)
+
+    def result(
+        self,
+        rate: float,
+        duration_s: float,
+        arrival: str,
+        sent: int,
+        late: int,
+        elapsed: float,
+        cpu_s: float,
+        **extra: object,
+    ) -> RunResult:
+        errors = sum(n for status, n in self.statuses.items() if status not in SUCCESS)
+        late_fraction = late / sent if sent else 0.0
+        return RunResult(
+            rate=rate,
+            duration_s=duration_s,
+            arrival=arrival,
+            sent=sent,
+            completed=sum(self.statuses.values()),
+            statuses=dict(self.statuses),
+            errors=errors,
+            error_rate=round(errors / sent, 4) if sent else 0.0,
+            late_fraction=round(late_fraction, 4),
+            valid=late_fraction <= MAX_LATE_FRACTION,
+            latency_ms=percentiles(self.hist),
+            achieved_rps=round(sent / elapsed, 2) if elapsed else 0.0,
+            generator_cpu_ms_per_request=round(1000 * cpu_s / sent, 3) if sent else None,
+            timeline=timeline(self.starts, self.latencies_ms, duration_s),
+            **extra,  # type: ignore[arg-type]
+        )
+
+
 async def run(
     target: Target,
     rate: float,
     duration_s: float,
     arrival: str = "poisson",
-    transport: httpx.AsyncBaseTransport | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> RunResult:
-    offsets = schedule(rate, duration_s, arrival)
-    hist = HdrHistogram(1, HISTOGRAM_MAX_US, 3)
-    statuses: Counter[str] = Counter()
+    """Open loop at `rate` req/s for `duration_s`; waits for every answer before returning."""
+    offsets = schedule(rate, duration_s, arrival, seed)
+    rec = _Recorder()
     late = 0
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    async with httpx.AsyncClient(
-        base_url=target.url, timeout=target.timeout_s, limits=limits, transport=transport
-    ) as client:
-
-        async def one(scheduled: float) -> None:
-            try:
-                r = await client.post(
-                    target.path,
-                    params=target.params,
-                    content=target.body,
-                    headers={"Content-Type": target.content_type},
-                )
-                statuses[str(r.status_code)] += 1
-            except httpx.TimeoutException:
-                statuses["timeout"] += 1
-            except httpx.TransportError as exc:
-                statuses[type(exc).__name__] += 1
-            # From the scheduled time, not the actual send: lateness counts as latency.
-            hist.record_value(max(1, round((time.perf_counter() - scheduled) * 1e6)))
-
+    async with target.connect() as send:
         tasks: list[asyncio.Task[None]] = []
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         next_report = 1.0
-        for offset in offsets:
+        for index, offset in enumerate(offsets):
             scheduled = start + offset
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if (time.perf_counter() - scheduled) * 1000 > LATE_MS:
                 late += 1
-            tasks.append(asyncio.create_task(one(scheduled)))
+            tasks.append(asyncio.create_task(rec.timed(send, index, start, scheduled)))
             if progress and offset >= next_report:
-                done = sum(statuses.values())
-                print(f"  {rate:g} req/s: t={offset:4.1f}s sent {len(tasks)} done {done} "
-                      f"in flight {len(tasks) - done}", flush=True)  # fmt: skip
+                done = sum(rec.statuses.values())
+                print(
+                    f"    {target.name} {rate:g} req/s: t={offset:4.1f}s sent {len(tasks)} "
+                    f"done {done} in flight {len(tasks) - done} late {late}",
+                    flush=True,
+                )
                 next_report += 1.0
         await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    sent = len(offsets)
-    errors = sum(n for status, n in statuses.items() if status != "200")
-    late_fraction = late / sent if sent else 0.0
-    return RunResult(
-        rate=rate,
-        duration_s=duration_s,
-        arrival=arrival,
-        sent=sent,
-        completed=sum(statuses.values()),
-        statuses=dict(statuses),
-        errors=errors,
-        error_rate=round(errors / sent, 4) if sent else 0.0,
-        late_fraction=round(late_fraction, 4),
-        valid=late_fraction <= MAX_LATE_FRACTION,
-        latency_ms=_percentiles(hist),
-        achieved_rps=round(sent / elapsed, 2) if elapsed else 0.0,
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    return rec.result(rate, duration_s, arrival, len(offsets), late, elapsed, cpu)
+
+
+async def run_closed(
+    target: Target, concurrency: int, duration_s: float, progress: bool = True
+) -> RunResult:
+    """Closed loop: `concurrency` users each send, wait for the answer, send again. Latency is
+    from the actual send, so a stall delays the next sends instead of showing up (labelled)."""
+    if concurrency < 1 or duration_s <= 0:
+        raise ValueError("concurrency and duration must be positive")
+    rec = _Recorder()
+    counter = iter(range(1 << 62))
+    async with target.connect() as send:
+        cpu0, start = time.process_time(), time.perf_counter()
+        end = start + duration_s
+
+        async def user() -> None:
+            while time.perf_counter() < end:
+                await rec.timed(send, next(counter), start, time.perf_counter())
+
+        users = [asyncio.create_task(user()) for _ in range(concurrency)]
+        while progress and time.perf_counter() < end:
+            await asyncio.sleep(min(1.0, max(0.0, end - time.perf_counter())))
+            print(
+                f"    {target.name} closed-loop x{concurrency}: "
+                f"t={time.perf_counter() - start:4.1f}s done {sum(rec.statuses.values())}",
+                flush=True,
+            )
+        await asyncio.gather(*users)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    sent = sum(rec.statuses.values())
+    return rec.result(
+        round(sent / elapsed, 2),
+        duration_s,
+        CLOSED_LOOP,
+        sent,
+        0,
+        elapsed,
+        cpu,
+        mode=CLOSED_LOOP,
+        concurrency=concurrency,
+    )
+
+
+def passes(r: RunResult, slo_p99_ms: float, max_error_rate: float = 0.01) -> bool:
+    return (
+        r.valid
+        and r.mode == OPEN_LOOP
+        and r.error_rate <= max_error_rate
+        and r.latency_ms.get("p99", 1e18) <= slo_p99_ms
     )
 
 
 def capacity_at_slo(
     results: list[RunResult], slo_p99_ms: float, max_error_rate: float = 0.01
 ) -> float | None:
-    """Highest tested rate whose run was valid, met the p99 SLO and stayed under the error rate."""
-    passing = [
-        r.rate
-        for r in results
-        if r.valid
-        and r.error_rate <= max_error_rate
-        and r.latency_ms.get("p99", 1e18) <= slo_p99_ms
-    ]
+    """Highest tested open-loop rate whose run was valid, met the p99 SLO and stayed under the
+    error rate. Closed-loop runs never count: their p99 hides stalls."""
+    passing = [r.rate for r in results if passes(r, slo_p99_ms, max_error_rate)]
     return max(passing) if passing else None

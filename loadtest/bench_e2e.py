@@ -1,0 +1,322 @@
+"""make bench-e2e: end-to-end capacity of this stack side by side with the alternatives, in one run
+on one machine, with the project's own open-loop generator and photo corpus:
+
+  (a) naive   FastAPI + timm eager PyTorch in-process, one image per request (loadtest/naive_server)
+  (b) alone   each served model in-process at its best batch: the limit
+  (c) triton  Triton directly over gRPC with preprocessed tensors: what Triton adds
+  (d) stack   the gateway in front of Triton, every precision, /classify and /explain
+
+For each system: the capacity at a p99 SLO (doubling search, then bisection), then one run at a
+fixed rate shared by all systems with every server's CPU time per request. Writes
+<out>/<prefix>-<model>.json and .md plus two PNG plots per model.
+
+  python -m loadtest.bench_e2e [--models default,vit_small_patch16_224] [--slo-p99 500]
+      [--seconds 10] [--systems naive,alone,triton,stack] [--precisions fp32,fp16,int8]
+      [--tasks classify,explain] [--fixed-rate R] [--out docs/benchmarks] [--label TEXT]
+
+Models other than "default" (the repository at --repository) are built once, with random weights
+and no network, into .run/bench-e2e/<model> with `python -m build.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from loadtest import bench_report, model_alone, processes
+from loadtest import corpus as corpora
+from loadtest.openloop import RunResult, Target, run
+from loadtest.report import one_line
+from loadtest.sweep import nice, search
+from loadtest.targets import Body, HttpTarget, TritonTarget
+from local_triton.launcher import LocalTriton, TritonLaunchError
+from service.model_info import MetadataError, ModelMetadata
+
+SYSTEMS = ("naive", "alone", "triton", "stack")
+BUILT_MODELS = processes.ROOT / ".run" / "bench-e2e"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--models",
+        default="default,vit_small_patch16_224",
+        help="comma list: 'default' (--repository) and/or timm model names",
+    )
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="the repository of the 'default' model",
+    )
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma list of " + ", ".join(SYSTEMS)
+    )
+    p.add_argument("--precisions", default="fp32,fp16,int8", help="comma list (those served)")
+    p.add_argument("--tasks", default="classify,explain", help="comma list: classify, explain")
+    p.add_argument("--slo-p99", type=float, default=500.0, help="p99 SLO in ms")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per offered rate")
+    p.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds per system")
+    p.add_argument("--alone-seconds", type=float, default=3.0, help="per batch size, model alone")
+    p.add_argument("--start-rate", type=float, default=4.0, help="req/s where searches begin")
+    p.add_argument("--max-rate", type=float, default=200.0, help="req/s where searches stop")
+    p.add_argument("--refine", type=int, default=2, help="bisection steps after the doubling")
+    p.add_argument(
+        "--fixed-rate",
+        type=float,
+        help="req/s for the side-by-side p50/p99 and "
+        "CPU per request (default: half the naive server's capacity)",
+    )
+    p.add_argument("--arrival", choices=["poisson", "constant"], default="poisson")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument("--prefix", default="e2e")
+    p.add_argument("--label", default="", help="a caveat printed at the top of the report")
+    args = p.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.systems = [s for s in args.systems.split(",") if s]
+    args.precisions = [s for s in args.precisions.split(",") if s]
+    args.tasks = [s for s in args.tasks.split(",") if s]
+    if unknown := set(args.systems) - set(SYSTEMS):
+        p.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    return args
+
+
+def repository_for(model: str, default: Path) -> Path:
+    if model == "default":
+        return default
+    folder = BUILT_MODELS / model
+    if not (folder / "model.json").is_file():
+        print(f"building {model} (random weights, offline) into {folder} ...", flush=True)
+        command = [
+            sys.executable,
+            "-m",
+            "build.cli",
+            "--model",
+            model,
+            "--random-weights",
+            "--out",
+            str(folder),
+        ]
+        subprocess.run(command, cwd=processes.ROOT, check=True)
+    return folder
+
+
+class Bench:
+    """One model's side-by-side run; systems append their results to self.systems."""
+
+    def __init__(self, args: argparse.Namespace, repository: Path, logs: Path) -> None:
+        self.args, self.repository, self.logs = args, repository, logs
+        self.spec = ModelMetadata.load(repository / "model.json").spec
+        self.corpus = corpora.default_corpus()
+        self.bodies = [Body(p.data, p.content_type) for p in self.corpus.photos]
+        self.tensors = corpora.tensors(self.corpus, self.spec)
+        self.variants = [
+            (t, p)
+            for t in args.tasks
+            for p in args.precisions
+            if (repository / "cpu" / f"vit_{t}_{p}").is_dir()
+        ]
+        if not self.variants:
+            raise ValueError(
+                f"{repository / 'cpu'} serves none of tasks {args.tasks} x "
+                f"precisions {args.precisions}"
+            )
+        self.alone: dict[str, dict] = {}
+        self.systems: list[dict] = []
+        self.fixed_rate: float | None = args.fixed_rate
+        self.open_logs: list[IO[str]] = []
+
+    def log(self, name: str) -> IO[str]:
+        handle = (self.logs / f"{name}.log").open("a")
+        self.open_logs.append(handle)  # closed by close(), after the process that writes it
+        return handle
+
+    def close(self) -> None:
+        for handle in self.open_logs:
+            handle.close()
+
+    def run_at(
+        self, target: Target, rate: float, seconds: float, progress: bool = True
+    ) -> RunResult:
+        return asyncio.run(run(target, rate, seconds, self.args.arrival, progress=progress))
+
+    def measure(
+        self,
+        system: str,
+        task: str,
+        precision: str,
+        target: Target,
+        cpu: dict[str, Callable[[], float]],
+        limit: float | None,
+        stats: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        """Warm up, search the capacity, then one run at the fixed rate with CPU per request
+        (and, through Triton, its queue and compute time per request and mean batch)."""
+        a = self.args
+        print(f"\n== {system} {task} {precision}: {target.name}", flush=True)
+        start = a.start_rate if limit is None else max(a.start_rate, min(limit / 4, a.max_rate / 4))
+        self.run_at(target, nice(start), a.warmup, progress=False)
+
+        def probe(rate: float) -> RunResult:
+            result = self.run_at(target, rate, a.seconds)
+            print(f"  {one_line(result)}", flush=True)
+            return result
+
+        sweep = search(probe, a.slo_p99, start, a.max_rate, a.refine)
+        print(f"  capacity at p99 <= {a.slo_p99:g} ms: {sweep.describe()}", flush=True)
+        if self.fixed_rate is None:  # the first system sets it: half of what it sustained
+            self.fixed_rate = nice((sweep.capacity or a.start_rate) / 2)
+        stages: dict[str, list[float]] = {}
+        if isinstance(target, HttpTarget) and system == "stack":
+            target = dataclasses.replace(target, stages=stages)
+        before, stats_before = {name: read() for name, read in cpu.items()}, stats and stats()
+        fixed = self.run_at(target, self.fixed_rate, a.seconds)
+        used = {name: read() - before[name] for name, read in cpu.items()}
+        in_triton = processes.per_request(stats_before, stats()) if stats and stats_before else None
+        print(f"  at the fixed rate: {one_line(fixed)}", flush=True)
+        done = max(fixed.completed, 1)
+        self.systems.append(
+            {
+                "system": system,
+                "task": task,
+                "precision": precision,
+                "target": target.name,
+                "capacity_rps": sweep.capacity,
+                "capacity": sweep.describe(),
+                "bound": sweep.bound,
+                "limit_images_per_s": limit,
+                "sweep": [r.to_dict() for r in sweep.results],
+                "fixed": fixed.to_dict(),
+                "cpu_ms_per_request": {k: round(1000 * v / done, 3) for k, v in used.items()}
+                | {"generator": fixed.generator_cpu_ms_per_request},
+                "triton_per_request": in_triton,
+                # The gateway's own timings_ms, mean per answer: where its wall time went.
+                "gateway_stages_ms": {k: round(v / n, 3) for k, (v, n) in stages.items()} or None,
+            }
+        )
+
+    def model_alone(self) -> None:
+        images = np.stack(self.tensors)
+        for task, precision in self.variants:
+            served = model_alone.ServedModel.read(
+                self.repository / "cpu" / f"vit_{task}_{precision}"
+            )
+            print(f"model alone: {served.name} ({served.runtime}) ...", flush=True)
+            self.alone[f"{task}/{precision}"] = model_alone.limit(
+                served, images, self.args.alone_seconds
+            )
+            print(
+                f"  best {self.alone[f'{task}/{precision}']['best_images_per_s']} img/s", flush=True
+            )
+
+    def naive(self) -> None:
+        with processes.running(processes.naive(self.repository, self.log("naive"))) as server:
+            target = HttpTarget("naive /classify", server.url, "/classify", self.bodies)
+            self.measure("naive", "classify", "fp32", target, {"server": server.cpu_seconds}, None)
+
+    def triton_and_stack(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp:
+            # Only the measured variants are loaded: a folder of links to their model folders.
+            subset = Path(tmp) / "cpu"
+            subset.mkdir()
+            for task, precision in self.variants:
+                name = f"vit_{task}_{precision}"
+                (subset / name).symlink_to((self.repository / "cpu" / name).resolve())
+            triton = processes.triton(Path(tmp), self.log("triton"))
+            try:
+                self._triton_and_stack(triton)
+            finally:
+                triton.stop()
+
+    def _triton_and_stack(self, triton: LocalTriton) -> None:
+        grpc = f"127.0.0.1:{triton.ports.grpc}"
+        assert triton.process is not None  # started
+        pid = triton.process.pid
+        triton_cpu = {"triton": lambda: processes.cpu_seconds(pid)}
+
+        def stats(model: str) -> Callable[[], dict[str, float]]:
+            return lambda: processes.triton_model_stats(triton.ports.http, model)
+
+        if "triton" in self.args.systems:
+            for task, precision in self.variants:
+                name = f"vit_{task}_{precision}"
+                target: Target = TritonTarget(
+                    f"triton gRPC {name}", grpc, name, self.tensors, outputs=()
+                )
+                limit = self.limit(task, precision)
+                self.measure("triton", task, precision, target, triton_cpu, limit, stats(name))
+        if "stack" not in self.args.systems:
+            return
+        gateway = processes.gateway(triton.ports.grpc, self.repository, self.log("gateway"))
+        with processes.running(gateway):
+            cpu = {"gateway": gateway.cpu_seconds, **triton_cpu}
+            for task, precision in self.variants:
+                target = HttpTarget(
+                    f"gateway /{task} {precision}",
+                    gateway.url,
+                    f"/{task}",
+                    self.bodies,
+                    {"precision": precision},
+                )
+                limit = self.limit(task, precision)
+                name = f"vit_{task}_{precision}"
+                self.measure("stack", task, precision, target, cpu, limit, stats(name))
+
+    def limit(self, task: str, precision: str) -> float | None:
+        alone = self.alone.get(f"{task}/{precision}")
+        return alone["best_images_per_s"] if alone else None
+
+
+def bench_model(args: argparse.Namespace, model: str) -> dict:
+    repository = repository_for(model, args.repository)
+    logs = Path(tempfile.mkdtemp(prefix=f"bench-e2e-{model}-"))
+    print(f"\n##### {model}: {repository} (server logs in {logs})", flush=True)
+    bench = Bench(args, repository, logs)
+    started, load_before = time.time(), bench_report.load_average()
+    try:
+        if "alone" in args.systems:
+            bench.model_alone()
+        if "naive" in args.systems:
+            bench.naive()
+        if {"triton", "stack"} & set(args.systems):
+            bench.triton_and_stack()
+    finally:
+        bench.close()
+    return bench_report.assemble(args, model, repository, bench, started, load_before)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python -m loadtest.bench_e2e " + shlex.join(sys.argv[1:] if argv is None else argv)
+    for model in args.models:
+        try:
+            result = bench_model(args, model)
+        except (
+            RuntimeError,
+            OSError,
+            ValueError,
+            MetadataError,
+            TritonLaunchError,
+            subprocess.CalledProcessError,
+        ) as exc:
+            print(f"error: {model}: {exc}", file=sys.stderr)
+            return 2
+        result["command"] = command
+        paths = bench_report.write(result, args.out, f"{args.prefix}-{bench_report.slug(model)}")
+        print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

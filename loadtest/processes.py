@@ -1,0 +1,182 @@
+"""The processes `make bench-e2e` starts and stops itself, on free ports: a local Triton, the
+gateway (exactly as `make serve` runs it) and the naive server; and their CPU time, read from
+/proc for a process and all its descendants (Triton's python-backend stubs are children)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from local_triton.launcher import LocalTriton, Ports
+from local_triton.serve import gateway_command
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU of a live process and its live descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        child = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        times[child] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        total += times.get(current, 0.0)
+        stack.extend(children.get(current, []))
+    return total
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+def start_uvicorn(
+    name: str,
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    log: IO[str],
+    timeout_s: float = 300.0,
+) -> Server:
+    """Start a uvicorn command and wait for GET /healthz; its output goes to `log`."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{name} exited with {process.returncode} before it was ready "
+                f"(see {getattr(log, 'name', 'its log')})"
+            )
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return Server(name, url, process)
+        time.sleep(0.3)
+    stop(Server(name, url, process))
+    raise RuntimeError(f"{name} was not ready within {timeout_s:.0f}s")
+
+
+def stop(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def gateway(triton_grpc_port: int, repository: Path, log: IO[str]) -> Server:
+    port = free_port()
+    command = [*gateway_command("127.0.0.1", port, 1), "--log-level", "warning"]
+    env = {
+        "TRITON_URL": f"127.0.0.1:{triton_grpc_port}",
+        "MODEL_METADATA": str(repository / "model.json"),
+        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-gateway-metrics-"),
+    }
+    return start_uvicorn("gateway", command, port, env, log)
+
+
+def naive(repository: Path, log: IO[str]) -> Server:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "loadtest.naive_server:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    return start_uvicorn("naive server", command, port, {"NAIVE_REPOSITORY": str(repository)}, log)
+
+
+def triton(repository: Path, log: IO[str]) -> LocalTriton:
+    """Started (ready) local Triton on the repository's cpu models; stop() it when done."""
+    ports = Ports(free_port(), free_port(), free_port())
+    return LocalTriton(repository / "cpu", ports, log=log).start(ready_timeout_s=600)
+
+
+def triton_model_stats(http_port: int, model: str) -> dict[str, float]:
+    """Cumulative counters of one model from Triton's statistics API: requests, executions
+    (batches), and nanoseconds queued and computing, summed over every request."""
+    url = f"http://127.0.0.1:{http_port}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.load(response)["model_stats"][0]
+    inference = stats["inference_stats"]
+    return {
+        "requests": float(inference["success"]["count"]),
+        "images": float(stats["inference_count"]),
+        "executions": float(stats["execution_count"]),
+        **{
+            f"{k}_ns": float(inference[k]["ns"])
+            for k in ("queue", "compute_input", "compute_infer", "compute_output")
+        },
+    }
+
+
+def per_request(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Triton's view of a run: mean queue and compute ms per request, mean batch size."""
+    requests = after["requests"] - before["requests"]
+    executions = after["executions"] - before["executions"]
+    if requests <= 0 or executions <= 0:
+        return {"queue_ms": None, "compute_ms": None, "mean_batch": None}
+    ms = {
+        k: (after[f"{k}_ns"] - before[f"{k}_ns"]) / requests / 1e6
+        for k in ("queue", "compute_input", "compute_infer", "compute_output")
+    }
+    return {
+        "queue_ms": round(ms["queue"], 3),
+        # Each request in a batch is charged the whole batch's compute time.
+        "compute_ms": round(ms["compute_input"] + ms["compute_infer"] + ms["compute_output"], 3),
+        "mean_batch": round((after["images"] - before["images"]) / executions, 2),
+    }

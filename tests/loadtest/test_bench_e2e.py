@@ -1,0 +1,113 @@
+"""A seconds-long smoke run of `make bench-e2e` on the offline default: it starts the naive
+server, its own Triton and the gateway on free ports, measures every system side by side, writes
+the record, and stops everything it started. Numbers are not checked: speed is for the bench."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from loadtest import bench_e2e
+from loadtest.openloop import SUCCESS
+
+
+def children() -> set[int]:
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            if ppid == me:
+                found.add(int(entry.name))
+    return found
+
+
+def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
+    before = children()
+    code = bench_e2e.main(
+        [
+            "--models",
+            "default",
+            "--repository",
+            str(repository),
+            "--precisions",
+            "int8",
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--alone-seconds",
+            "0.05",
+            "--start-rate",
+            "8",
+            "--max-rate",
+            "8",
+            "--refine",
+            "0",
+            "--fixed-rate",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--label",
+            "smoke test",
+            "--arrival",
+            "constant",
+        ]
+    )
+    assert code == 0
+    assert children() <= before  # the naive server, Triton and the gateway are stopped
+
+    result = json.loads((tmp_path / "e2e-default.json").read_text())
+    rows = [(s["system"], s["task"], s["precision"]) for s in result["systems"]]
+    assert rows == [
+        ("naive", "classify", "fp32"),
+        ("triton", "classify", "int8"),
+        ("triton", "explain", "int8"),
+        ("stack", "classify", "int8"),
+        ("stack", "explain", "int8"),
+    ]
+    for s in result["systems"]:
+        runs = [*s["sweep"], s["fixed"]]
+        assert [r["rate"] for r in runs] == [8, 4]
+        assert all(set(r["statuses"]) <= SUCCESS for r in runs), (s["target"], runs)
+        assert s["fixed"]["sent"] == s["fixed"]["completed"] == 2
+    cpu = {s["system"]: set(s["cpu_ms_per_request"]) for s in result["systems"]}
+    assert cpu == {
+        "naive": {"server", "generator"},
+        "triton": {"triton", "generator"},
+        "stack": {"gateway", "triton", "generator"},
+    }
+    for s in result["systems"][1:]:  # through Triton: its own view of the fixed-rate run
+        assert s["triton_per_request"]["mean_batch"] >= 1, s
+        assert s["triton_per_request"]["compute_ms"] > 0
+    assert result["systems"][0]["triton_per_request"] is None
+    for s in result["systems"][3:]:  # the gateway's own timings of its answers
+        stages = s["gateway_stages_ms"]
+        assert {"decode", "preprocess", "triton", "total"} <= set(stages), s
+        assert 0 < stages["triton"] < stages["total"]
+    assert set(result["model_alone"]) == {"classify/int8", "explain/int8"}
+    assert result["model_alone"]["classify/int8"]["best_images_per_s"] > 0
+    assert (
+        result["systems"][3]["limit_images_per_s"]
+        == (result["model_alone"]["classify/int8"]["best_images_per_s"])
+    )
+    assert result["method"]["slo_p99_ms"] == 500 and result["method"]["fixed_rate_rps"] == 4
+    assert result["command"].startswith("python -m loadtest.bench_e2e --models default")
+    assert result["versions"]["nvidia-pytriton"] and result["machine"]["cores_usable"] >= 1
+    md = (tmp_path / "e2e-default.md").read_text()
+    assert "> **smoke test**" in md and "| stack | explain | int8 |" in md
+    assert "## Inside Triton at 4 req/s" in md
+    assert len(result["plots"]["p99_vs_rate"]) == 5
+    assert (tmp_path / "e2e-default-p99.png").is_file()
+    assert (tmp_path / "e2e-default-timeline.png").is_file()
+
+
+def test_bad_input_is_one_error_line(repository: Path, tmp_path: Path, capsys):
+    assert bench_e2e.main(["--models", "default", "--repository", str(tmp_path)]) == 2
+    assert "model.json not found" in capsys.readouterr().err
+    argv = ["--models", "default", "--repository", str(repository), "--precisions", "bf16"]
+    assert bench_e2e.main(argv) == 2
+    assert "serves none of tasks" in capsys.readouterr().err
