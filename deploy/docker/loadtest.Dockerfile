@@ -13,6 +13,9 @@ COPY requirements/constraints.txt requirements/constraints.txt
 RUN python -m pip install pip==26.3 \
     && python -m pip install --group loadtest -c requirements/constraints.txt
 COPY loadtest/ loadtest/
+# The generator decodes and preprocesses its corpus with the gateway's own modules (pure Python
+# over numpy and Pillow, both in the loadtest group).
+COPY service/ service/
 COPY samples/ samples/
 # Runs as root on purpose: it writes its report into the bind-mounted ./loadtest/results.
 ENTRYPOINT ["python", "-m", "loadtest"]

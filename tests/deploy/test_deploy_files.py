@@ -73,3 +73,24 @@ def test_gateway_needs_no_torch():
     code = "import sys; sys.modules['torch'] = None; import service.main"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_loadtest_image_copies_every_module_the_generator_imports(tmp_path):
+    """The loadtest image holds only what its COPY lines name: the generator must start from that
+    alone (it imports the gateway's decode and preprocessing modules)."""
+    import shutil
+
+    dockerfile = (ROOT / "deploy/docker/loadtest.Dockerfile").read_text()
+    copied = re.findall(r"^COPY (?!pyproject|requirements)(\S+) \S+$", dockerfile, re.M)
+    assert "loadtest/" in copied
+    for src in copied:
+        shutil.copytree(ROOT / src, tmp_path / src)
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest", "--help"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
