@@ -23,14 +23,33 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
 
 
+ORIENTATION = 0x0112
+SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+
+
 def decode(
     data: bytes,
     max_pixels: int,
     background: tuple[int, int, int] = (255, 255, 255),
     draft: Callable[[int, int], tuple[int, int]] | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> Image.Image:
     """Decode one upload. draft(width, height) -> (w, h): let a JPEG decode at a reduced scale that
-    still covers (w, h) (much faster for large photos; the resize that follows does the rest)."""
+    still covers (w, h) (much faster for large photos; the resize that follows does the rest).
+    reserve(pixels) is called after the header check and before any pixel is decoded: it may
+    refuse (a request's pixel budget, its deadline) by raising a ServiceError."""
+    return decode_sized(data, max_pixels, background, draft, reserve)[0]
+
+
+def decode_sized(
+    data: bytes,
+    max_pixels: int,
+    background: tuple[int, int, int] = (255, 255, 255),
+    draft: Callable[[int, int], tuple[int, int]] | None = None,
+    reserve: Callable[[int], None] | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """decode(), and the image's (width, height) after EXIF orientation at full scale: with a
+    draft decode the returned image is smaller than that."""
     if not data:
         raise CorruptImage("empty image: the upload has no bytes")
     with warnings.catch_warnings():
@@ -52,13 +71,19 @@ def decode(
             raise PayloadTooLarge(
                 f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
             )
+        if reserve is not None:
+            reserve(width * height)
         try:
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft(width, height))
             img.seek(0)  # animated GIF/WebP: the first frame only
             img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_rgb(upright, background)
+            orientation = img.getexif().get(ORIENTATION, 1)
+            turns = isinstance(orientation, int) and 2 <= orientation <= 8
+            # exif_transpose copies even when there is nothing to turn: call it only when needed.
+            upright = ImageOps.exif_transpose(img) if turns else img
+            size = (height, width) if turns and orientation in SWAPS_SIDES else (width, height)
+            return to_rgb(upright, background), size
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise PayloadTooLarge(f"image too large: {exc}") from exc
         except _DECODE_ERRORS as exc:
@@ -67,6 +92,8 @@ def decode(
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     mode = img.mode
+    if "transparency" in img.info and (mode == "RGB" or mode.startswith("I")):
+        return _colour_key_to_rgb(img, background)
     if mode == "RGB":
         return img
     if mode == "P":
@@ -92,3 +119,18 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
         arr = arr * 255.0
     grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _colour_key_to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """PNG tRNS on RGB or 16-bit greyscale: pixels equal to the key colour are transparent."""
+    key = img.info.pop("transparency")
+    arr = np.asarray(img)
+    rgb = np.array(to_rgb(img, background))  # the key is gone: this converts without it
+    if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        mask = (arr == np.array(key)).all(axis=2)
+    elif img.mode != "RGB" and isinstance(key, int):
+        mask = arr == key
+    else:  # a malformed key is ignored, as viewers do
+        mask = np.zeros(arr.shape[:2], dtype=bool)
+    rgb[mask] = background
+    return Image.fromarray(rgb, mode="RGB")

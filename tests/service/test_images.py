@@ -103,3 +103,56 @@ def test_corrupt_and_empty():
         # Whatever the decoder makes of it: a service error (4xx) or an RGB image, nothing else.
         with contextlib.suppress(CorruptImage, UnsupportedMediaType):
             assert decode(bytes(broken), LIMIT).mode == "RGB"
+
+
+def test_rgb_and_16_bit_png_transparency_is_composited_like_greyscale():
+    """tRNS on RGB (a colour key) and on 16-bit greyscale marks pixels transparent, as on L."""
+    rgb = Image.new("RGB", (4, 4), (255, 0, 0))
+    rgb.putpixel((0, 0), (0, 0, 255))
+    out = np.asarray(decode(encode(rgb, "PNG", transparency=(255, 0, 0)), LIMIT, (1, 2, 3)))
+    assert tuple(out[1, 1]) == (1, 2, 3)  # the keyed red is transparent
+    assert tuple(out[0, 0]) == (0, 0, 255)
+    deep = np.full((4, 4), 1000, dtype=np.uint16)
+    deep[0, 0] = 65535
+    grey16 = encode(Image.fromarray(deep), "PNG", transparency=1000)
+    out = np.asarray(decode(grey16, LIMIT, (1, 2, 3)))
+    assert tuple(out[1, 1]) == (1, 2, 3)
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    grey8 = encode(Image.new("L", (4, 4), 7), "PNG", transparency=7)
+    assert tuple(np.asarray(decode(grey8, LIMIT, (1, 2, 3)))[2, 2]) == (1, 2, 3)
+
+
+def test_an_image_without_an_orientation_tag_is_not_copied(monkeypatch):
+    """exif_transpose returns a copy even when there is nothing to rotate: one more full-size
+    image per upload for nothing."""
+    copies = []
+    copy = Image.Image.copy
+
+    def counted_copy(self):
+        copies.append(self.size)
+        return copy(self)
+
+    monkeypatch.setattr(Image.Image, "copy", counted_copy)
+    assert decode(encode(gradient(640, 480), "PNG"), LIMIT).size == (640, 480)
+    assert decode(encode(gradient(640, 480), "JPEG"), LIMIT).size == (640, 480)
+    assert copies == []
+
+
+# Where the stored top-left corner is shown, per EXIF orientation (the TIFF 6.0 definitions).
+SHOWN_AT = {1: "top-left", 2: "top-right", 3: "bottom-right", 4: "bottom-left",
+            5: "top-left", 6: "top-right", 7: "bottom-right", 8: "bottom-left"}  # fmt: skip
+
+
+@pytest.mark.parametrize("orientation", list(SHOWN_AT))
+def test_every_exif_orientation_turns_the_right_way(orientation):
+    """The direction is checked, not only the size swap."""
+    img = Image.new("RGB", (64, 48), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 16, 16))  # white square at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = np.asarray(decode(encode(img, "PNG", exif=exif.tobytes()), LIMIT)).mean(axis=2)
+    assert out.shape == ((48, 64) if orientation <= 4 else (64, 48))
+    vertical, horizontal = SHOWN_AT[orientation].split("-")
+    row = 0 if vertical == "top" else -1
+    col = 0 if horizontal == "left" else -1
+    assert out[row, col] == 255 and (out > 128).sum() == 16 * 16
