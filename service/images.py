@@ -27,6 +27,18 @@ ORIENTATION = 0x0112
 SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, before any pixel is decoded; None if the bytes are
+    not an image decode() would open (decode() then says why)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+                return img.size
+        except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS):
+            return None
+
+
 def decode(
     data: bytes,
     max_pixels: int,

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
 from service import errors_http
+from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
 from service.limits import BodySizeLimit, InFlightLimiter
@@ -18,6 +20,7 @@ from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
 from service.request_metrics import RequestMetrics
 from service.routes import classify, explain, health
+from service.routes.explain import EXPOSED_HEADERS
 from service.triton import TritonBackend
 
 
@@ -38,7 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             triton=triton,
             executor=executor,
             pipeline=Pipeline(settings, metadata, executor),
-            limiter=InFlightLimiter(settings.max_in_flight, settings.retry_after_s),
+            limiter=InFlightLimiter(
+                settings.max_in_flight, settings.retry_after_s, settings.max_in_flight_mb * 2**20
+            ),
         )
         try:
             yield
@@ -54,9 +59,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         '{"error": {"code": ..., "message": ...}}.',
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    if settings.cors_origins:  # off by default: browsers on other origins get no access
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key"],
+            expose_headers=[*EXPOSED_HEADERS, "Retry-After"],
+        )
     app.add_middleware(RequestMetrics)  # outermost: also counts what BodySizeLimit refuses
     errors_http.install(app)
-    for module in (classify, explain, health):
-        app.include_router(module.router)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    protected = [Depends(require_api_key(key))] if key else []  # off by default
+    for module in (classify, explain):
+        app.include_router(module.router, dependencies=protected)
+    app.include_router(health.router)  # health and metrics stay open for probes and scrapers
     return app

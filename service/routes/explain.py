@@ -38,6 +38,9 @@ async def run_in_pool(executor: Executor, fn: Callable[..., T], *args: Any) -> T
 ENDPOINT = "explain"
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 
+# Headers of the PNG answer that a browser script may read when CORS is on.
+EXPOSED_HEADERS = ["X-Model", "X-Top-Label", "X-Top-Class-Index", "X-Top-Probability"]
+
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "overlay PNG (output=png)"}
 }
@@ -52,7 +55,7 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
 async def explain(
     request: Request,
     services: ServicesDep,
-    started: InferenceSlot,
+    slot: InferenceSlot,
     head_fusion: Annotated[
         Literal["mean", "max", "min"], Query(description="how attention heads are fused")
     ] = "mean",
@@ -83,9 +86,17 @@ async def explain(
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     timings: dict[str, float] = {}
     render = output == "png" or include_png
+    side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
+    display_side = side if render else None  # overlay copies only at the size rendered
+    started = slot.enter(uploads, display_side)
     # Heatmaps are compared with full decodes (reference, fidelity tests): no draft decoding here.
     prepared = await services.pipeline.prepare(
-        uploads, ENDPOINT, timings, allow_draft=False, keep_display=render
+        uploads,
+        ENDPOINT,
+        timings,
+        allow_draft=False,
+        display_side=display_side,
+        deadline=started + settings.request_timeout_s,
     )
     rollout = f"rollout_{head_fusion}"
     with metrics.stage(ENDPOINT, "triton", timings):
@@ -95,7 +106,6 @@ async def explain(
     with metrics.stage(ENDPOINT, "postprocess", timings):
         predictions = services.pipeline.top_k(out["logits"], top_k)
         grids = [heatmap.normalise(g) for g in out[rollout]]
-    side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
     pngs: list[bytes | None] = [None] * len(uploads)
     if render:
         with metrics.stage(ENDPOINT, "render", timings):

@@ -111,3 +111,21 @@ def test_in_flight_limit_refuses_at_once():
             assert limiter.current == 1
 
     asyncio.run(scenario())
+
+
+def test_in_flight_memory_is_bounded_too():
+    """Requests are also counted by the memory they will hold (bodies, tensors, overlays)."""
+
+    async def scenario() -> None:
+        limiter = InFlightLimiter(limit=10, retry_after_s=1, max_bytes=100 * 2**20)
+        async with limiter.slot(60 * 2**20):
+            with pytest.raises(Overloaded, match="60 MiB in flight.*50 MiB more.*100 MiB"):
+                async with limiter.slot(50 * 2**20):
+                    pass
+            async with limiter.slot(40 * 2**20):
+                assert limiter.current_bytes == 100 * 2**20
+        async with limiter.slot(500 * 2**20):  # alone, a request larger than the budget runs
+            assert limiter.current == 1
+        assert limiter.current == limiter.current_bytes == 0
+
+    asyncio.run(scenario())

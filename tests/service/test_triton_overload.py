@@ -122,3 +122,28 @@ def test_deadline_answers_504_in_time(slow_triton, repository, heldout):
     finally:
         stop_gateway(gateway)
     time.sleep(DELAY_S)  # let the abandoned execution finish before the next test
+
+
+def test_the_deadline_counts_from_the_end_of_the_upload(slow_triton, repository, heldout):
+    """An upload slower than REQUEST_TIMEOUT_S still gets the whole deadline for the model: the
+    deadline once counted from before the body was read, and a slow client got a 504 that blamed
+    Triton."""
+    image = png_bytes(heldout.images[0])
+
+    def trickle():
+        for start in range(0, len(image), len(image) // 3 + 1):
+            yield image[start : start + len(image) // 3 + 1]
+            time.sleep(0.5)
+
+    gateway = start_gateway(slow_triton.ports.grpc, repository, REQUEST_TIMEOUT_S="1.0")
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            r = client.post(
+                "/classify",
+                params={"precision": "slow"},
+                content=trickle(),  # 1.5 s of upload, then 0.6 s of model
+                headers={"Content-Type": "image/png", "Content-Length": str(len(image))},
+            )
+        assert r.status_code == 200, r.text
+    finally:
+        stop_gateway(gateway)
