@@ -82,7 +82,7 @@ def app_with(repository):
         ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE", 503, "triton_queue_full", "3"),
         ("Request timeout expired", "StatusCode.UNAVAILABLE", 504, "triton_timeout", None),
         ("connection refused", "StatusCode.UNAVAILABLE", 503, "triton_unavailable", "3"),
-        ("boom", "StatusCode.INTERNAL", 502, "triton_error", None),
+        ("boom in /models/vit/1/model.py", "StatusCode.INTERNAL", 502, "triton_error", None),
     ],
 )
 def test_http_answer_for_triton_errors(app_with, heldout, message, status, http, code,
@@ -93,6 +93,7 @@ def test_http_answer_for_triton_errors(app_with, heldout, message, status, http,
     )
     assert r.status_code == http
     assert r.json()["error"]["code"] == code
+    assert message not in r.text  # Triton's own text is logged, never sent to clients
     assert r.headers.get("retry-after") == retry_after
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
