@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
     max_files: int = Field(16, ge=1, description="images in one multipart request")
     max_image_pixels: int = Field(40_000_000, gt=0, description="width*height of one image")
+    max_aspect_ratio: float = Field(
+        50.0, ge=1, description="longer side / shorter side of one image (else 422)"
+    )
     max_request_pixels: int = Field(
         100_000_000, gt=0, description="width*height summed over a request's images"
     )

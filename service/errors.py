@@ -60,6 +60,12 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class UnprocessableImage(ServiceError):
+    """A valid image the model cannot use, refused from its header (e.g. a 1 x 40,000,000 strip)."""
+
+    status, code = 422, "unprocessable_image"
+
+
 class InvalidParameter(ServiceError):
     status, code = 422, "invalid_parameter"
 

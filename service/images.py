@@ -2,8 +2,8 @@
 
 * The decoder is chosen by sniffing the bytes, from an allowlist (JPEG, PNG, WebP, GIF, BMP): the
   client's Content-Type is not trusted and rarely used, CVE-prone decoders stay out of reach.
-* Size is checked from the header before any pixel is decoded; Pillow's decompression-bomb
-  warning is raised as an error too.
+* Size and aspect ratio are checked from the header before any pixel is decoded; Pillow's
+  decompression-bomb warning is raised as an error too.
 * EXIF orientation is applied; every mode is converted on purpose (alpha composited on a fixed
   background, 16-bit scaled, palette expanded); animations give their first frame.
 """
@@ -17,7 +17,12 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import CorruptImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    CorruptImage,
+    PayloadTooLarge,
+    UnprocessableImage,
+    UnsupportedMediaType,
+)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
@@ -45,12 +50,13 @@ def decode(
     background: tuple[int, int, int] = (255, 255, 255),
     draft: Callable[[int, int], tuple[int, int]] | None = None,
     reserve: Callable[[int], None] | None = None,
+    max_aspect_ratio: float | None = None,
 ) -> Image.Image:
     """Decode one upload. draft(width, height) -> (w, h): let a JPEG decode at a reduced scale that
     still covers (w, h) (much faster for large photos; the resize that follows does the rest).
     reserve(pixels) is called after the header check and before any pixel is decoded: it may
     refuse (a request's pixel budget, its deadline) by raising a ServiceError."""
-    return decode_sized(data, max_pixels, background, draft, reserve)[0]
+    return decode_sized(data, max_pixels, background, draft, reserve, max_aspect_ratio)[0]
 
 
 def decode_sized(
@@ -59,6 +65,7 @@ def decode_sized(
     background: tuple[int, int, int] = (255, 255, 255),
     draft: Callable[[int, int], tuple[int, int]] | None = None,
     reserve: Callable[[int], None] | None = None,
+    max_aspect_ratio: float | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """decode(), and the image's (width, height) after EXIF orientation at full scale: with a
     draft decode the returned image is smaller than that."""
@@ -82,6 +89,12 @@ def decode_sized(
         if width * height > max_pixels:
             raise PayloadTooLarge(
                 f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            )
+        ratio = max(width, height) / min(width, height)
+        if max_aspect_ratio is not None and ratio > max_aspect_ratio:
+            raise UnprocessableImage(
+                f"image is {width}x{height}: aspect ratio {ratio:.0f}:1; the limit "
+                f"(MAX_ASPECT_RATIO) is {max_aspect_ratio:g}"
             )
         if reserve is not None:
             reserve(width * height)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,6 +24,22 @@ from service.request_metrics import RequestMetrics
 from service.routes import classify, explain, health
 from service.routes.explain import EXPOSED_HEADERS
 from service.triton import TritonBackend
+
+
+def _document_file_limit(app: FastAPI, max_files: int) -> None:
+    """The OpenAPI page states this MAX_FILES (on a copy: the route's schema is shared)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = copy.deepcopy(build())
+            for path in ("/classify", "/explain"):
+                body = schema["paths"][path]["post"]["requestBody"]["content"]
+                body["multipart/form-data"]["schema"]["properties"]["file"]["maxItems"] = max_files
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -77,4 +95,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, explain):
         app.include_router(module.router, dependencies=protected)
     app.include_router(health.router)  # health and metrics stay open for probes and scrapers
+    _document_file_limit(app, settings.max_files)
     return app

@@ -97,6 +97,7 @@ class Pipeline:
                 self.settings.alpha_background,
                 draft,
                 reserve=budget.check,
+                max_aspect_ratio=self.settings.max_aspect_ratio,
             )
             decoded = time.perf_counter()
             budget.check()

@@ -104,6 +104,7 @@ IMAGE_REQUEST_BODY = {
                         "file": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,  # maxItems (MAX_FILES) is set in service/main.py
                         }
                     },
                     "required": ["file"],

@@ -120,7 +120,7 @@ def test_in_flight_memory_is_bounded_too():
     async def scenario() -> None:
         limiter = InFlightLimiter(limit=10, retry_after_s=1, max_bytes=100 * 2**20)
         async with limiter.slot(60 * 2**20):
-            with pytest.raises(Overloaded, match="60 MiB in flight.*50 MiB more.*100 MiB"):
+            with pytest.raises(Overloaded, match=r"60 MiB in flight.*50 MiB more.*100 MiB"):
                 async with limiter.slot(50 * 2**20):
                     pass
             async with limiter.slot(40 * 2**20):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import CorruptImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import CorruptImage, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 from service.images import decode
 from tests.helpers import encode
 
@@ -156,3 +156,32 @@ def test_every_exif_orientation_turns_the_right_way(orientation):
     row = 0 if vertical == "top" else -1
     col = 0 if horizontal == "left" else -1
     assert out[row, col] == 255 and (out > 128).sum() == 16 * 16
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming width x height, with one tiny IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 40_000_000), (40_000_000, 1), (20, 2000)])
+def test_extreme_aspect_ratios_are_refused_from_the_header(width, height):
+    """Decoding a 1-pixel-wide strip of 40 M rows costs seconds for nothing the model can use."""
+    with pytest.raises(UnprocessableImage, match=r"aspect ratio .*MAX_ASPECT_RATIO\) is 50"):
+        decode(png_header_only(width, height), LIMIT, max_aspect_ratio=50)
+
+
+def test_aspect_ratios_within_the_bound_decode():
+    assert decode(encode(gradient(500, 10), "PNG"), LIMIT, max_aspect_ratio=50).size == (500, 10)

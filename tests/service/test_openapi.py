@@ -18,6 +18,8 @@ def test_openapi_documents_parameters_and_errors(http):
             op["responses"]
         )
         assert set(op["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
-        encoding = op["requestBody"]["content"]["multipart/form-data"]["encoding"]
-        assert "image/png" in encoding["file"]["contentType"]
+        multipart = op["requestBody"]["content"]["multipart/form-data"]
+        assert "image/png" in multipart["encoding"]["file"]["contentType"]
+        files = multipart["schema"]["properties"]["file"]
+        assert (files["minItems"], files["maxItems"]) == (1, 16)  # MAX_FILES
     assert http.get("/docs").status_code == 200
