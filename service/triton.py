@@ -180,10 +180,13 @@ class TritonBackend:
                     for c in chunks
                 ]
         except Exception as exc:
-            error = translate(_first_error(exc), self._retry_after_s)
+            cause = _first_error(exc)
+            error = translate(cause, self._retry_after_s)
             metrics.TRITON_ERRORS.labels(error.code).inc()
             if not isinstance(error, TritonQueueFull | TritonTimeout):
                 self._invalid = True  # restarted, unloaded or reconfigured: look again first
+            if "unknown model" in str(cause):  # gone since the catalog was read: 422 if so
+                await self.variant(variant.task, variant.precision, CATALOG_REFRESH_S)
             raise error from exc
         results = [task.result() for task in tasks]
         return {name: np.concatenate([r[name] for r in results]) for name in outputs}
