@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
-from service import errors_http
+from service import allocator, errors_http
 from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metadata = ModelMetadata.load(settings.model_metadata)  # fail fast on a missing build
     # Our own pixel check runs first; Pillow's bomb guard is aligned with it as a second line.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    allocator.keep_big_buffers_out_of_the_heap()  # RSS returns after big uploads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
