@@ -49,8 +49,9 @@ class _Skipped(Exception):
 class _RequestBudget:
     """Shared by one request's pool jobs (threads): its deadline, and whether a sibling failed."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, retry_after_s: int) -> None:
         self.deadline = deadline
+        self.retry_after_s = retry_after_s
         self.failed = threading.Event()
 
     def check(self, _pixels: int = 0) -> None:
@@ -60,7 +61,7 @@ class _RequestBudget:
             raise DeadlineExceeded(
                 "the request's deadline (REQUEST_TIMEOUT_S) passed while its images waited to "
                 "be decoded: the gateway is busy; retry later",
-                retry_after_s=1,
+                self.retry_after_s,
             )
 
 
@@ -134,7 +135,7 @@ class Pipeline:
                 f"(MAX_REQUEST_PIXELS) is {self.settings.max_request_pixels}"
             )
         use_draft = self.settings.jpeg_draft and allow_draft
-        budget = _RequestBudget(deadline)
+        budget = _RequestBudget(deadline, self.settings.retry_after_s)
         jobs = [
             loop.run_in_executor(
                 self.executor, self._prepare_one, upload, use_draft, display_side, budget

@@ -84,3 +84,30 @@ def test_a_client_that_disconnects_mid_upload_is_not_a_server_error(one_slot_gat
         time.sleep(0.1)
     assert counted(one_slot_gateway, "499") == before_499 + 1
     assert counted(one_slot_gateway, "500") == before_500
+
+
+def test_a_request_past_its_deadline_stops_using_the_decode_pool(triton, repository):
+    """16 expensive images, one decode thread, a 0.5 s deadline: once the deadline has passed the
+    pool skips the rest of the request's images and answers 503 deadline_exceeded, instead of
+    decoding all 16 (seconds of CPU) for an answer nobody can use."""
+    from PIL import Image
+
+    from tests.helpers import encode
+
+    gateway = start_gateway(
+        triton.ports.grpc,
+        repository,
+        PREPROCESS_THREADS="1",
+        REQUEST_TIMEOUT_S="0.5",
+        MAX_REQUEST_PIXELS=str(10**9),
+    )
+    heavy = encode(Image.new("P", (4000, 4000), 3), "PNG")  # a few KiB, 16 M pixels to decode
+    files = [("file", (f"{i}.png", heavy, "image/png")) for i in range(16)]
+    try:
+        with gateway.client() as client:
+            r = client.post("/classify", files=files)
+    finally:
+        stop_gateway(gateway)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    assert r.headers["retry-after"] == "1"
