@@ -127,9 +127,10 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     elif mode in ("PA", "LA", "La", "RGBa") or (mode == "L" and "transparency" in img.info):
         img = img.convert("RGBA")
         mode = "RGBA"
-    if mode == "RGBA":
-        base = Image.new("RGBA", img.size, (*background, 255))
-        return Image.alpha_composite(base, img).convert("RGB")
+    if mode == "RGBA":  # pasted through its own alpha: two full-size images, not four
+        base = Image.new("RGB", img.size, background)
+        base.paste(img, mask=img)
+        return base
     if mode.startswith("I") or mode == "F":
         return _high_bit_depth_to_rgb(img)
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, ...
