@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,10 +76,31 @@ def stage(endpoint: str, name: str, timings: dict[str, float]) -> Iterator[None]
         timings[name] = round(timings.get(name, 0.0) + 1000 * elapsed, 3)
 
 
+def _forget_dead_workers(path: str) -> None:
+    """A worker killed mid-request (SIGKILL, OOM) never decrements its live gauges: drop the live
+    gauge files of pids that are gone (uvicorn has no child-exit hook); counters stay."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(path):
+        if not (name.startswith("gauge_live") and name.endswith(".db")):
+            continue
+        pid = name.rsplit("_", 1)[1][: -len(".db")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with suppress(FileNotFoundError):  # another worker's scrape got there first
+                multiprocess.mark_process_dead(int(pid), path)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def render_latest() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if path := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
+        _forget_dead_workers(path)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
