@@ -2,7 +2,7 @@
 live gateway with a real Triton behind it.
 
   python -m fuzz.api                         # starts Triton + gateway on the default repository
-  python -m fuzz.api --max-examples 120      # more cases per operation and phase
+  python -m fuzz.api --max-time 600          # fuzz for longer (default 120 s, > 1,000 cases)
   python -m fuzz.api --url http://host:8080  # against a gateway that is already running
 
 Writes <out>/report.json (schemathesis's run report) and <out>/summary.json (cases, failures,
@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", help="a running gateway (default: start Triton + gateway here)")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--max-examples", type=int, default=None, help="per operation and phase")
-    parser.add_argument("--max-time", type=int, default=None, help="seconds for the whole run")
+    parser.add_argument("--max-examples", type=int, default=150, help="per operation and phase")
+    parser.add_argument(
+        "--max-time", type=int, default=120, help="seconds: fuzzing repeats until they are spent"
+    )
     parser.add_argument("--min-cases", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / ".run" / "fuzz-api")
