@@ -348,6 +348,7 @@ def kinds() -> list[Kind]:
 
 
 if __name__ == "__main__":
+    print(f"| kind | status | why (each answered within {TIME_BOUND_S:g} s) |\n|---|---|---|")
     for kind in kinds():
         statuses = "/".join(str(s) for s in sorted(kind.expect))
         print(f"| {kind.name} | {statuses} | {kind.why} |")
