@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,14 +18,28 @@ class Settings(BaseSettings):
     model_prefix: str = "vit"
     default_precision: str = Field("fp32", description="variant used when a request names none")
 
-    request_timeout_s: float = Field(10.0, gt=0, description="deadline for the Triton call")
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="deadline from the end of the upload: decode, Triton, answer"
+    )
     readiness_timeout_s: float = Field(2.0, gt=0)
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers")
 
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="whole request body")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="the whole body must arrive within this (else 408)"
+    )
     max_files: int = Field(16, ge=1, description="images in one multipart request")
     max_image_pixels: int = Field(40_000_000, gt=0, description="width*height of one image")
+    max_aspect_ratio: float = Field(
+        50.0, ge=1, description="longer side / shorter side of one image (else 422)"
+    )
+    max_request_pixels: int = Field(
+        100_000_000, gt=0, description="width*height summed over a request's images"
+    )
     max_in_flight: int = Field(64, ge=1, description="concurrent /classify + /explain requests")
+    max_in_flight_mb: int = Field(
+        1024, ge=1, description="memory those requests may hold (bodies, tensors, overlay copies)"
+    )
     max_heatmap_side: int = Field(2048, ge=64, description="cap on the overlay PNG's longer side")
     preprocess_threads: int = Field(0, ge=0, description="decode/resize threads (0 = cores)")
     jpeg_draft: bool = Field(
@@ -33,6 +47,13 @@ class Settings(BaseSettings):
     )
     alpha_background: tuple[int, int, int] = Field(
         (255, 255, 255), description="transparent pixels are composited on this RGB colour"
+    )
+
+    api_key: SecretStr | None = Field(
+        None, description="if set, /classify and /explain need it (X-API-Key or Bearer)"
+    )
+    cors_origins: list[str] = Field(
+        [], description='origins allowed by CORS, e.g. ["https://app.example"] (none: off)'
     )
 
     @field_validator("alpha_background")

@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.config import Settings
-from service.limits import InFlightLimiter
+from service.inputs import Upload
+from service.limits import InFlightLimiter, request_bytes
 from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
 from service.triton import TritonBackend
@@ -31,12 +32,39 @@ def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def inference_slot(request: Request) -> AsyncIterator[float]:
-    """Holds one in-flight slot for the request; yields the request's start time."""
-    services: Services = request.app.state.services
-    async with services.limiter.slot():
-        yield time.perf_counter()
+class Admission:
+    """A request's in-flight slot, taken by the handler once the body is read (a slow upload
+    holds none) and sized by the memory the request will hold; released when the request ends."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._nbytes: int | None = None
+
+    def enter(self, uploads: list[Upload], display_side: int | None) -> float:
+        """Takes the slot (or raises Overloaded); returns the time the request's deadline
+        (REQUEST_TIMEOUT_S) counts from: the end of the upload."""
+        spec = self._services.metadata.spec
+        nbytes = request_bytes(
+            sum(len(u.data) for u in uploads), len(uploads), 3 * spec.height * spec.width,
+            display_side,
+        )  # fmt: skip
+        self._services.limiter.acquire(nbytes)
+        self._nbytes = nbytes
+        return time.perf_counter()
+
+    def release(self) -> None:
+        if self._nbytes is not None:
+            self._services.limiter.release(self._nbytes)
+            self._nbytes = None
+
+
+async def inference_slot(request: Request) -> AsyncIterator[Admission]:
+    admission = Admission(request.app.state.services)
+    try:
+        yield admission
+    finally:
+        admission.release()
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-InferenceSlot = Annotated[float, Depends(inference_slot)]
+InferenceSlot = Annotated[Admission, Depends(inference_slot)]

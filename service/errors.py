@@ -7,15 +7,41 @@ one handler in service/main.py turns them into JSON: {"error": {"code": ..., "me
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
+    headers: ClassVar[dict[str, str]] = {}  # sent with the answer (besides Retry-After)
 
     def __init__(self, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class Unauthorized(ServiceError):
+    """API_KEY is set and the request did not carry it."""
+
+    status, code = 401, "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="vit-gateway"'}
+
+
+class RequestTimeout(ServiceError):
+    """The body did not arrive within BODY_TIMEOUT_S (a slow or stalled upload)."""
+
+    status, code = 408, "request_timeout"
+    headers: ClassVar[dict[str, str]] = {
+        "Connection": "close"
+    }  # the rest of the body is never read
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its request was read: nobody gets this answer, but metrics
+    count it as 499 (nginx's convention), not as a server error."""
+
+    status, code = 499, "client_closed_request"
 
 
 class BadRequest(ServiceError):
@@ -34,6 +60,12 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class UnprocessableImage(ServiceError):
+    """A valid image the model cannot use, refused from its header (e.g. a 1 x 40,000,000 strip)."""
+
+    status, code = 422, "unprocessable_image"
+
+
 class InvalidParameter(ServiceError):
     status, code = 422, "invalid_parameter"
 
@@ -42,6 +74,12 @@ class Overloaded(ServiceError):
     """More requests in flight than the gateway takes: refused at once, not queued."""
 
     status, code = 503, "overloaded"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed while its images waited for the decode pool (busy)."""
+
+    status, code = 503, "deadline_exceeded"
 
 
 class TritonUnavailable(ServiceError):

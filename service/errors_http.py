@@ -25,7 +25,9 @@ def _json(
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        headers = dict(exc.headers)
+        if exc.retry_after_s:
+            headers["Retry-After"] = str(exc.retry_after_s)
         if exc.status >= 500:
             log.warning("%s: %s", exc.code, exc.message)
         return _json(exc.status, exc.code, exc.message, headers)

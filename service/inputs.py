@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 
 RAW_MEDIA_TYPES = ("image/", "application/octet-stream")
 
@@ -20,6 +20,15 @@ class Upload:
 
 
 async def read_uploads(request: Request, max_files: int) -> list[Upload]:
+    """The whole body, read before the request takes an in-flight slot (service/limits.py bounds
+    its size and time while it streams in)."""
+    try:
+        return await _read(request, max_files)
+    except ClientDisconnect as exc:
+        raise ClientDisconnected("the client closed the connection during the upload") from exc
+
+
+async def _read(request: Request, max_files: int) -> list[Upload]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         return await _multipart(request, max_files)
@@ -37,6 +46,8 @@ async def _multipart(request: Request, max_files: int) -> list[Upload]:
     except HTTPException as exc:  # Starlette reports multipart problems as a bare 400
         if "Too many files" in str(exc.detail):
             raise PayloadTooLarge(f"too many files: at most {max_files} per request") from exc
+        if "exceeded maximum size" in str(exc.detail):  # a non-file field over 1 MiB
+            raise PayloadTooLarge(f"a form field is too large: {exc.detail}") from exc
         raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
     try:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
-from service import errors_http
+from service import allocator, errors_http
+from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
 from service.limits import BodySizeLimit, InFlightLimiter
@@ -18,7 +22,24 @@ from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
 from service.request_metrics import RequestMetrics
 from service.routes import classify, explain, health, page
+from service.routes.explain import EXPOSED_HEADERS
 from service.triton import TritonBackend
+
+
+def _document_file_limit(app: FastAPI, max_files: int) -> None:
+    """The OpenAPI page states this MAX_FILES (on a copy: the route's schema is shared)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = copy.deepcopy(build())
+            for path in ("/classify", "/explain"):
+                body = schema["paths"][path]["post"]["requestBody"]["content"]
+                body["multipart/form-data"]["schema"]["properties"]["file"]["maxItems"] = max_files
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metadata = ModelMetadata.load(settings.model_metadata)  # fail fast on a missing build
     # Our own pixel check runs first; Pillow's bomb guard is aligned with it as a second line.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    allocator.keep_big_buffers_out_of_the_heap()  # RSS returns after big uploads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             triton=triton,
             executor=executor,
             pipeline=Pipeline(settings, metadata, executor),
-            limiter=InFlightLimiter(settings.max_in_flight, settings.retry_after_s),
+            limiter=InFlightLimiter(
+                settings.max_in_flight, settings.retry_after_s, settings.max_in_flight_mb * 2**20
+            ),
         )
         try:
             yield
@@ -54,10 +78,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         '{"error": {"code": ..., "message": ...}}.',
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    if settings.cors_origins:  # off by default: browsers on other origins get no access
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key"],
+            expose_headers=[*EXPOSED_HEADERS, "Retry-After"],
+        )
     app.add_middleware(RequestMetrics)  # outermost: also counts what BodySizeLimit refuses
     errors_http.install(app)
-    for module in (classify, explain, health, page):
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    protected = [Depends(require_api_key(key))] if key else []  # off by default
+    for module in (classify, explain):
+        app.include_router(module.router, dependencies=protected)
+    # Health and metrics stay open for probes and scrapers; the demo page and /info describe the
+    # service only (the page's own calls to /classify and /explain need the key like any client).
+    for module in (health, page):
         app.include_router(module.router)
     app.mount("/static", page.static_files(), name="static")  # the demo page's files
+    _document_file_limit(app, settings.max_files)
     return app

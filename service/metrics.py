@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prometheus_client import (
@@ -115,10 +115,31 @@ def mark_worker_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(path))
 
 
+def _forget_dead_workers(path: str) -> None:
+    """A worker killed mid-request (SIGKILL, OOM) never decrements its live gauges: drop the live
+    gauge files of pids that are gone (uvicorn has no child-exit hook); counters stay."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(path):
+        if not (name.startswith("gauge_live") and name.endswith(".db")):
+            continue
+        pid = name.rsplit("_", 1)[1][: -len(".db")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with suppress(FileNotFoundError):  # another worker's scrape got there first
+                multiprocess.mark_process_dead(int(pid), path)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def render_latest() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if path := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
+        _forget_dead_workers(path)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -6,6 +6,7 @@ Decoding and resizing run in a thread pool (Pillow releases the GIL), never on t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from PIL import Image
 
 from service import heatmap, images, metrics, preprocess
 from service.config import Settings
-from service.errors import ServiceError
+from service.errors import DeadlineExceeded, PayloadTooLarge, ServiceError
 from service.inputs import Upload
 from service.model_info import ModelMetadata
 from service.schemas import Prediction
@@ -24,10 +25,10 @@ from service.schemas import Prediction
 @dataclass
 class Prepared:
     tensors: np.ndarray  # uint8 [N, 3, H, W]
-    sizes: list[tuple[int, int]]  # (width, height) of each decoded image, after EXIF rotation
+    sizes: list[tuple[int, int]]  # (width, height) of each image, after EXIF rotation, full scale
     boxes: list[preprocess.CropBox]  # what the model saw, in original pixels
-    # Overlay base images, already capped at max_heatmap_side (None when not rendering): a
-    # request's decoded originals are never all held in memory at full size.
+    # Overlay base images, already at the size that will be rendered (None when not rendering):
+    # a request's decoded originals are never held in memory at full size.
     displays: list[Image.Image | None]
 
 
@@ -41,6 +42,29 @@ class _One:
     preprocess_s: float
 
 
+class _Skipped(Exception):
+    """A sibling image already failed: this one is not worth decoding."""
+
+
+class _RequestBudget:
+    """Shared by one request's pool jobs (threads): its deadline, and whether a sibling failed."""
+
+    def __init__(self, deadline: float, retry_after_s: int) -> None:
+        self.deadline = deadline
+        self.retry_after_s = retry_after_s
+        self.failed = threading.Event()
+
+    def check(self, _pixels: int = 0) -> None:
+        if self.failed.is_set():
+            raise _Skipped
+        if time.perf_counter() > self.deadline:
+            raise DeadlineExceeded(
+                "the request's deadline (REQUEST_TIMEOUT_S) passed while its images waited to "
+                "be decoded: the gateway is busy; retry later",
+                self.retry_after_s,
+            )
+
+
 def _label(index: int, upload: Upload) -> str:
     return f"image {index}" + (f" ({upload.filename})" if upload.filename else "")
 
@@ -51,19 +75,44 @@ class Pipeline:
         self.metadata = metadata
         self.executor = executor
 
-    def _prepare_one(self, upload: Upload, use_draft: bool, keep_display: bool) -> _One:
-        spec = self.metadata.spec
-        start = time.perf_counter()
-        draft = (lambda w, h: preprocess.draft_request(w, h, spec)) if use_draft else None
-        img = images.decode(
-            upload.data, self.settings.max_image_pixels, self.settings.alpha_background, draft
-        )
-        decoded = time.perf_counter()
-        tensor, box = preprocess.preprocess(img, spec)
-        display = (
-            heatmap.display_copy(img, self.settings.max_heatmap_side) if keep_display else None
-        )
-        return _One(img.size, display, tensor, box, decoded - start, time.perf_counter() - decoded)
+    def _pixels(self, uploads: list[Upload]) -> int:
+        """Header-only look at every upload (no pixel decoded); unreadable ones count 0 here and
+        are reported by the decode that follows."""
+        total = 0
+        for upload in uploads:
+            size = images.header_size(upload.data)
+            total += size[0] * size[1] if size else 0
+        return total
+
+    def _prepare_one(
+        self, upload: Upload, use_draft: bool, display_side: int | None, budget: _RequestBudget
+    ) -> _One:
+        try:
+            budget.check()
+            spec = self.metadata.spec
+            start = time.perf_counter()
+            draft = (lambda w, h: preprocess.draft_request(w, h, spec)) if use_draft else None
+            img, size = images.decode_sized(
+                upload.data,
+                self.settings.max_image_pixels,
+                self.settings.alpha_background,
+                draft,
+                reserve=budget.check,
+                max_aspect_ratio=self.settings.max_aspect_ratio,
+            )
+            decoded = time.perf_counter()
+            budget.check()
+            tensor, box = preprocess.preprocess(img, spec)
+            if img.size != size:  # a draft decode: the box back in full-scale pixels
+                sx, sy = size[0] / img.width, size[1] / img.height
+                box = preprocess.CropBox(
+                    box.left * sx, box.top * sy, box.right * sx, box.bottom * sy
+                )
+            display = heatmap.display_copy(img, display_side) if display_side else None
+            return _One(size, display, tensor, box, decoded - start, time.perf_counter() - decoded)
+        except BaseException:
+            budget.failed.set()
+            raise
 
     async def prepare(
         self,
@@ -72,24 +121,35 @@ class Pipeline:
         timings: dict[str, float],
         *,
         allow_draft: bool,
-        keep_display: bool,
+        display_side: int | None,
+        deadline: float,
     ) -> Prepared:
-        """allow_draft: JPEG draft decoding if the JPEG_DRAFT setting is on; keep_display: keep a
-        copy of each image (capped at MAX_HEATMAP_SIDE) to draw the overlay on."""
+        """allow_draft: JPEG draft decoding if the JPEG_DRAFT setting is on; display_side: keep a
+        copy of each image at most this long (the overlay's size) to draw on; deadline: a
+        time.perf_counter() after which the pool skips this request's images."""
         loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self.executor, self._pixels, uploads)
+        if pixels > self.settings.max_request_pixels:
+            raise PayloadTooLarge(
+                f"the request's images total {pixels} pixels; the limit per request "
+                f"(MAX_REQUEST_PIXELS) is {self.settings.max_request_pixels}"
+            )
         use_draft = self.settings.jpeg_draft and allow_draft
+        budget = _RequestBudget(deadline, self.settings.retry_after_s)
         jobs = [
-            loop.run_in_executor(self.executor, self._prepare_one, upload, use_draft, keep_display)
+            loop.run_in_executor(
+                self.executor, self._prepare_one, upload, use_draft, display_side, budget
+            )
             for upload in uploads
         ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
-        for index, (upload, result) in enumerate(zip(uploads, results, strict=True)):
-            if isinstance(result, ServiceError):
-                if len(uploads) > 1:
-                    result.message = f"{_label(index, upload)}: {result.message}"
-                raise result
-            if isinstance(result, BaseException):
-                raise result
+        failures = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+        real = [(i, r) for i, r in failures if not isinstance(r, _Skipped)]
+        if real:
+            index, error = real[0]
+            if isinstance(error, ServiceError) and len(uploads) > 1:
+                error.message = f"{_label(index, uploads[index])}: {error.message}"
+            raise error
         done: list[_One] = results  # type: ignore[assignment]
         for one in done:
             metrics.STAGE_LATENCY.labels(endpoint, "decode").observe(one.decode_s)

@@ -75,13 +75,19 @@ class Health(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "corrupt image or malformed body"},
-    413: {"model": ErrorResponse, "description": "body, image pixels or file count over limit"},
+    401: {"model": ErrorResponse, "description": "API_KEY is set and the key is missing/wrong"},
+    408: {"model": ErrorResponse, "description": "body not received within BODY_TIMEOUT_S"},
+    413: {
+        "model": ErrorResponse,
+        "description": "body, image pixels, request pixels, form field or file count over limit",
+    },
     415: {"model": ErrorResponse, "description": "not an image / unsupported format or type"},
     422: {"model": ErrorResponse, "description": "invalid parameter"},
     502: {"model": ErrorResponse, "description": "Triton answered with an error"},
     503: {
         "model": ErrorResponse,
-        "description": "overloaded, Triton down/not ready or its queue full (Retry-After)",
+        "description": "overloaded (requests or memory in flight), deadline passed while busy, "
+        "Triton down/not ready or its queue full (Retry-After)",
         "headers": {
             "Retry-After": {
                 "description": "seconds to wait before retrying",
@@ -105,10 +111,17 @@ IMAGE_REQUEST_BODY = {
                         "file": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,  # maxItems (MAX_FILES) is set in service/main.py
                         }
                     },
                     "required": ["file"],
-                }
+                },
+                # The media types a file part may carry (tools such as schemathesis read it).
+                "encoding": {
+                    "file": {
+                        "contentType": "image/jpeg, image/png, image/webp, image/gif, image/bmp"
+                    }
+                },
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },

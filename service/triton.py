@@ -8,6 +8,7 @@ translated here, once, into the service's own exceptions (service/errors.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 CATALOG_REFRESH_S = 2.0
+FORCED_REFRESH_MIN_S = 0.5  # an unknown precision looks again at most this often
+
+log = logging.getLogger("service.triton")
 
 
 @dataclass(frozen=True)
@@ -63,22 +67,31 @@ def channel_args(keepalive_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]
     ]
 
 
-def translate(exc: Exception, retry_after_s: int) -> ServiceError:
-    """Triton/gRPC error -> service error. Queue rejections reach us as UNAVAILABLE too."""
+def translate(exc: BaseException, retry_after_s: int) -> ServiceError:
+    """Triton/gRPC error -> service error. Queue rejections reach us as UNAVAILABLE too. Triton's
+    own text is logged here, never sent to clients (it names models, paths and internals)."""
     if isinstance(exc, ServiceError):
         return exc
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return TritonTimeout("Triton did not answer within the request deadline")
     message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
     message = message or type(exc).__name__
     status = (exc.status() or "") if isinstance(exc, InferenceServerException) else ""
+    log.warning("Triton error %s: %s", status or type(exc).__name__, message)
     if "Exceeds maximum queue size" in message:
         return TritonQueueFull("Triton's queue is full; retry later", retry_after_s)
     if "timeout expired" in message.lower() or "DEADLINE_EXCEEDED" in status:
         return TritonTimeout("Triton did not answer within the request deadline")
     if "UNAVAILABLE" in status or "unknown model" in message or "not ready" in message:
-        return TritonUnavailable(f"Triton is unavailable: {message}", retry_after_s)
-    return TritonFailed(f"Triton failed: {message}")
+        return TritonUnavailable("Triton or the model is unavailable; retry later", retry_after_s)
+    return TritonFailed("Triton could not run the model; the gateway log has the details")
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """A TaskGroup's ExceptionGroup -> the error that made it fail (siblings were cancelled)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 class TritonBackend:
@@ -88,7 +101,8 @@ class TritonBackend:
         self._retry_after_s = retry_after_s
         self._variants: dict[tuple[str, str], Variant] = {}
         self._refreshed_at = 0.0
-        self._refresh_lock = asyncio.Lock()
+        self._invalid = False  # a call failed in a way a stale catalog may explain
+        self._refresh: asyncio.Future[dict[tuple[str, str], Variant]] | None = None
 
     async def close(self) -> None:
         await self._client.close()
@@ -96,36 +110,55 @@ class TritonBackend:
     async def variants(
         self, timeout_s: float, force: bool = False
     ) -> dict[tuple[str, str], Variant]:
-        """(task, precision) -> Variant for every READY model; cached, refreshed when stale."""
-        async with self._refresh_lock:
-            fresh = time.monotonic() - self._refreshed_at < CATALOG_REFRESH_S
-            if self._variants and (fresh or not force):
+        """(task, precision) -> Variant for every READY model, from a cache refreshed every
+        CATALOG_REFRESH_S.
+
+        The fast path never waits on Triton: a stale cache is answered at once while one refresh
+        runs in the background. Callers wait only when there is nothing trustworthy to answer
+        (empty, or invalidated by a failed call) or when force asks to look again now (an unknown
+        precision; at most every FORCED_REFRESH_MIN_S); they all await the same refresh, so while
+        Triton hangs each waits one timeout, not one per caller ahead of it."""
+        age = time.monotonic() - self._refreshed_at
+        if self._variants and not self._invalid:
+            if age < (FORCED_REFRESH_MIN_S if force else CATALOG_REFRESH_S):
                 return self._variants
-            try:
-                index = await self._client.get_model_repository_index(
-                    as_json=True, client_timeout=timeout_s
+            if not force:
+                self._start_refresh(timeout_s)
+                return self._variants
+        return await asyncio.shield(self._start_refresh(timeout_s))
+
+    def _start_refresh(self, timeout_s: float) -> asyncio.Future[dict[tuple[str, str], Variant]]:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._load(timeout_s))
+            # A background refresh nobody awaits: its error is counted in _load, not lost.
+            self._refresh.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self._refresh
+
+    async def _load(self, timeout_s: float) -> dict[tuple[str, str], Variant]:
+        try:
+            index = await self._client.get_model_repository_index(
+                as_json=True, client_timeout=timeout_s
+            )
+            found = {}
+            for model in index.get("models", []):
+                match = self._pattern.match(model.get("name", ""))
+                if not match or model.get("state") != "READY":
+                    continue
+                config = await self._client.get_model_config(
+                    model["name"], as_json=True, client_timeout=timeout_s
                 )
-                found = {}
-                for model in index.get("models", []):
-                    match = self._pattern.match(model.get("name", ""))
-                    if not match or model.get("state") != "READY":
-                        continue
-                    config = await self._client.get_model_config(
-                        model["name"], as_json=True, client_timeout=timeout_s
-                    )
-                    found[(match[1], match[2])] = Variant(
-                        model["name"],
-                        match[1],
-                        match[2],
-                        int(config["config"]["max_batch_size"]),
-                        tuple(i["name"] for i in config["config"].get("input", [])),
-                    )
-            except Exception as exc:
-                error = translate(exc, self._retry_after_s)
-                metrics.TRITON_ERRORS.labels(error.code).inc()
-                raise error from exc
-            self._variants, self._refreshed_at = found, time.monotonic()
-            return found
+                # Protobuf JSON omits zeros: no max_batch_size means 0 (the model does not batch).
+                batch = int(config["config"].get("max_batch_size", 0))
+                inputs = tuple(i["name"] for i in config["config"].get("input", []))
+                found[(match[1], match[2])] = Variant(
+                    model["name"], match[1], match[2], batch, inputs
+                )
+        except Exception as exc:
+            error = translate(exc, self._retry_after_s)
+            metrics.TRITON_ERRORS.labels(error.code).inc()
+            raise error from exc
+        self._variants, self._refreshed_at, self._invalid = found, time.monotonic(), False
+        return found
 
     async def variant(self, task: str, precision: str, timeout_s: float) -> Variant:
         variants = await self.variants(timeout_s)
@@ -150,27 +183,31 @@ class TritonBackend:
         deadline_s: float,
         scalars: dict[str, float] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run a batch, split into chunks of max_batch_size sent together so Triton can batch
-        them; answers within deadline_s or raises TritonTimeout. scalars: extra FP32 inputs of
-        dims [1], the same value for every image (e.g. the explain model's discard_ratio)."""
-        size = variant.max_batch_size
+        """Run a batch, split into chunks of max_batch_size (one image per call for a model that
+        does not batch) sent together so Triton can batch them; answers within deadline_s or
+        raises TritonTimeout. When one chunk fails the others are cancelled, on Triton too.
+        scalars: extra FP32 inputs of dims [1], the same value for every image (e.g. the explain
+        model's discard_ratio)."""
+        size = max(1, variant.max_batch_size)
         chunks = [images[i : i + size] for i in range(0, len(images), size)]
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(
-                    *(
+            async with asyncio.timeout(deadline_s + 0.5), asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
                         self._infer_one(variant.name, c, outputs, deadline_s, scalars or {})
-                        for c in chunks
                     )
-                ),
-                timeout=deadline_s + 0.5,
-            )
+                    for c in chunks
+                ]
         except Exception as exc:
-            error = translate(exc, self._retry_after_s)
+            cause = _first_error(exc)
+            error = translate(cause, self._retry_after_s)
             metrics.TRITON_ERRORS.labels(error.code).inc()
-            if isinstance(error, TritonUnavailable):
-                self._variants = {}  # Triton restarted or unloaded models: look again next time
+            if not isinstance(error, TritonQueueFull | TritonTimeout):
+                self._invalid = True  # restarted, unloaded or reconfigured: look again first
+            if "unknown model" in str(cause):  # gone since the catalog was read: 422 if so
+                await self.variant(variant.task, variant.precision, CATALOG_REFRESH_S)
             raise error from exc
+        results = [task.result() for task in tasks]
         return {name: np.concatenate([r[name] for r in results]) for name in outputs}
 
     async def _infer_one(

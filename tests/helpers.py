@@ -35,6 +35,7 @@ def free_ports() -> Ports:
 class Gateway:
     url: str
     process: subprocess.Popen
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: one file per worker and kind
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -44,12 +45,13 @@ def start_gateway(
     triton_grpc_port: int, repository: Path, workers: int = 1, **env_overrides: str
 ) -> Gateway:
     port = free_port()
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     env = dict(os.environ)
     env.update(
         TRITON_URL=f"127.0.0.1:{triton_grpc_port}",
         MODEL_METADATA=str(repository / "model.json"),
         PYTHONPATH=str(ROOT),
-        PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="gateway-metrics-"),
+        PROMETHEUS_MULTIPROC_DIR=metrics_dir,
         **env_overrides,
     )
     cmd = [
@@ -65,7 +67,7 @@ def start_gateway(
             raise RuntimeError(f"gateway exited with {process.returncode}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Gateway(url, process)
+                return Gateway(url, process, Path(metrics_dir))
         except httpx.TransportError:
             pass
         time.sleep(0.2)

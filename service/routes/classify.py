@@ -26,7 +26,7 @@ ENDPOINT = "classify"
 async def classify(
     request: Request,
     services: ServicesDep,
-    started: InferenceSlot,
+    slot: InferenceSlot,
     top_k: Annotated[
         int,
         Query(ge=1, le=1000, description="classes per image (capped at the model's class count)"),
@@ -40,9 +40,15 @@ async def classify(
     )
     uploads = await read_uploads(request, settings.max_files)
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
+    started = slot.enter(uploads, display_side=None)
     timings: dict[str, float] = {}
     prepared = await services.pipeline.prepare(
-        uploads, ENDPOINT, timings, allow_draft=True, keep_display=False
+        uploads,
+        ENDPOINT,
+        timings,
+        allow_draft=True,
+        display_side=None,
+        deadline=started + settings.request_timeout_s,
     )
     with metrics.stage(ENDPOINT, "triton", timings):
         out = await services.triton.infer(

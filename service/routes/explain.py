@@ -42,6 +42,9 @@ ENDPOINT = "explain"
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 HeadFusion = Literal["mean", "max", "min"]
 
+# Headers of the image answers that a browser script may read when CORS is on.
+EXPOSED_HEADERS = ["X-Model", "X-Top-Label", "X-Top-Class-Index", "X-Top-Probability"]
+
 
 @router.post(
     "/explain",
@@ -52,7 +55,7 @@ HeadFusion = Literal["mean", "max", "min"]
 async def explain(
     request: Request,
     services: ServicesDep,
-    started: InferenceSlot,
+    slot: InferenceSlot,
     head_fusion: Annotated[HeadFusion, Query(description="how attention heads are fused")] = "mean",
     output: Annotated[
         Literal["png", "jpeg", "webp", "json"] | None,
@@ -86,9 +89,17 @@ async def explain(
     timings: dict[str, float] = {}
     render = answer != "json" or include_png
     image_format = answer if answer in IMAGE_FORMATS else "png"  # json embeds PNG
+    side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
+    display_side = side if render else None  # overlay copies only at the size rendered
+    started = slot.enter(uploads, display_side)
     # Heatmaps are compared with full decodes (reference, fidelity tests): no draft decoding here.
     prepared = await services.pipeline.prepare(
-        uploads, ENDPOINT, timings, allow_draft=False, keep_display=render
+        uploads,
+        ENDPOINT,
+        timings,
+        allow_draft=False,
+        display_side=display_side,
+        deadline=started + settings.request_timeout_s,
     )
     rollout = f"rollout_{head_fusion}"
     with metrics.stage(ENDPOINT, "triton", timings):
@@ -98,7 +109,6 @@ async def explain(
     with metrics.stage(ENDPOINT, "postprocess", timings):
         predictions = services.pipeline.top_k(out["logits"], top_k)
         grids = [heatmap.normalise(g) for g in out[rollout]]
-    side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
     pngs: list[bytes | None] = [None] * len(uploads)
     if render:
         with metrics.stage(ENDPOINT, "render", timings):

@@ -82,7 +82,7 @@ def app_with(repository):
         ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE", 503, "triton_queue_full", "3"),
         ("Request timeout expired", "StatusCode.UNAVAILABLE", 504, "triton_timeout", None),
         ("connection refused", "StatusCode.UNAVAILABLE", 503, "triton_unavailable", "3"),
-        ("boom", "StatusCode.INTERNAL", 502, "triton_error", None),
+        ("boom in /models/vit/1/model.py", "StatusCode.INTERNAL", 502, "triton_error", None),
     ],
 )
 def test_http_answer_for_triton_errors(app_with, heldout, message, status, http, code,
@@ -93,6 +93,7 @@ def test_http_answer_for_triton_errors(app_with, heldout, message, status, http,
     )
     assert r.status_code == http
     assert r.json()["error"]["code"] == code
+    assert message not in r.text  # Triton's own text is logged, never sent to clients
     assert r.headers.get("retry-after") == retry_after
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
@@ -109,5 +110,23 @@ def test_in_flight_limit_refuses_at_once():
             assert refused.value.retry_after_s == 4 and refused.value.status == 503
         async with limiter.slot():  # released again
             assert limiter.current == 1
+
+    asyncio.run(scenario())
+
+
+def test_in_flight_memory_is_bounded_too():
+    """Requests are also counted by the memory they will hold (bodies, tensors, overlays)."""
+
+    async def scenario() -> None:
+        limiter = InFlightLimiter(limit=10, retry_after_s=1, max_bytes=100 * 2**20)
+        async with limiter.slot(60 * 2**20):
+            with pytest.raises(Overloaded, match=r"60 MiB in flight.*50 MiB more.*100 MiB"):
+                async with limiter.slot(50 * 2**20):
+                    pass
+            async with limiter.slot(40 * 2**20):
+                assert limiter.current_bytes == 100 * 2**20
+        async with limiter.slot(500 * 2**20):  # alone, a request larger than the budget runs
+            assert limiter.current == 1
+        assert limiter.current == limiter.current_bytes == 0
 
     asyncio.run(scenario())

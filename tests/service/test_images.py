@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import CorruptImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import CorruptImage, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 from service.images import decode
 from tests.helpers import encode
 
@@ -103,3 +103,85 @@ def test_corrupt_and_empty():
         # Whatever the decoder makes of it: a service error (4xx) or an RGB image, nothing else.
         with contextlib.suppress(CorruptImage, UnsupportedMediaType):
             assert decode(bytes(broken), LIMIT).mode == "RGB"
+
+
+def test_rgb_and_16_bit_png_transparency_is_composited_like_greyscale():
+    """tRNS on RGB (a colour key) and on 16-bit greyscale marks pixels transparent, as on L."""
+    rgb = Image.new("RGB", (4, 4), (255, 0, 0))
+    rgb.putpixel((0, 0), (0, 0, 255))
+    out = np.asarray(decode(encode(rgb, "PNG", transparency=(255, 0, 0)), LIMIT, (1, 2, 3)))
+    assert tuple(out[1, 1]) == (1, 2, 3)  # the keyed red is transparent
+    assert tuple(out[0, 0]) == (0, 0, 255)
+    deep = np.full((4, 4), 1000, dtype=np.uint16)
+    deep[0, 0] = 65535
+    grey16 = encode(Image.fromarray(deep), "PNG", transparency=1000)
+    out = np.asarray(decode(grey16, LIMIT, (1, 2, 3)))
+    assert tuple(out[1, 1]) == (1, 2, 3)
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    grey8 = encode(Image.new("L", (4, 4), 7), "PNG", transparency=7)
+    assert tuple(np.asarray(decode(grey8, LIMIT, (1, 2, 3)))[2, 2]) == (1, 2, 3)
+
+
+def test_an_image_without_an_orientation_tag_is_not_copied(monkeypatch):
+    """exif_transpose returns a copy even when there is nothing to rotate: one more full-size
+    image per upload for nothing."""
+    copies = []
+    copy = Image.Image.copy
+
+    def counted_copy(self):
+        copies.append(self.size)
+        return copy(self)
+
+    monkeypatch.setattr(Image.Image, "copy", counted_copy)
+    assert decode(encode(gradient(640, 480), "PNG"), LIMIT).size == (640, 480)
+    assert decode(encode(gradient(640, 480), "JPEG"), LIMIT).size == (640, 480)
+    assert copies == []
+
+
+# Where the stored top-left corner is shown, per EXIF orientation (the TIFF 6.0 definitions).
+SHOWN_AT = {1: "top-left", 2: "top-right", 3: "bottom-right", 4: "bottom-left",
+            5: "top-left", 6: "top-right", 7: "bottom-right", 8: "bottom-left"}  # fmt: skip
+
+
+@pytest.mark.parametrize("orientation", list(SHOWN_AT))
+def test_every_exif_orientation_turns_the_right_way(orientation):
+    """The direction is checked, not only the size swap."""
+    img = Image.new("RGB", (64, 48), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 16, 16))  # white square at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = np.asarray(decode(encode(img, "PNG", exif=exif.tobytes()), LIMIT)).mean(axis=2)
+    assert out.shape == ((48, 64) if orientation <= 4 else (64, 48))
+    vertical, horizontal = SHOWN_AT[orientation].split("-")
+    row = 0 if vertical == "top" else -1
+    col = 0 if horizontal == "left" else -1
+    assert out[row, col] == 255 and (out > 128).sum() == 16 * 16
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming width x height, with one tiny IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 40_000_000), (40_000_000, 1), (20, 2000)])
+def test_extreme_aspect_ratios_are_refused_from_the_header(width, height):
+    """Decoding a 1-pixel-wide strip of 40 M rows costs seconds for nothing the model can use."""
+    with pytest.raises(UnprocessableImage, match=r"aspect ratio .*MAX_ASPECT_RATIO\) is 50"):
+        decode(png_header_only(width, height), LIMIT, max_aspect_ratio=50)
+
+
+def test_aspect_ratios_within_the_bound_decode():
+    assert decode(encode(gradient(500, 10), "PNG"), LIMIT, max_aspect_ratio=50).size == (500, 10)

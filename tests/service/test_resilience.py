@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from local_triton.launcher import LocalTriton
 from tests.helpers import encode, free_ports, png_bytes, start_gateway, stop_gateway
@@ -97,17 +102,52 @@ def test_metrics_move_as_requests_are_served(http, heldout):
     assert "gateway_requests_in_flight" in after
 
 
+def served_per_worker(metrics_dir: Path) -> dict[str, float]:
+    """pid -> classify 200s counted by that worker alone, read from its own multiprocess file
+    with prometheus_client's collector on a folder holding only that file."""
+    served = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        with tempfile.TemporaryDirectory() as alone:
+            shutil.copy(path, alone)
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=alone)
+            text = generate_latest(registry).decode()
+        served[path.stem.split("_")[-1]] = metric(
+            text, "gateway_requests_total", endpoint="classify", status="200"
+        )
+    return served
+
+
 def test_metrics_add_up_across_uvicorn_workers(triton, repository, heldout):
+    """Two workers, a new connection for every request (so the kernel spreads them over both
+    workers), and proof from each worker's own file that both served."""
     gateway = start_gateway(triton.ports.grpc, repository, workers=2)
+    images = [png_bytes(heldout.images[i]) for i in range(40)]
+
+    def send(image: bytes) -> int:
+        with gateway.client() as client:  # one connection per request
+            r = client.post(
+                "/classify",
+                content=image,
+                headers={"Content-Type": "image/png", "Connection": "close"},
+            )
+            return r.status_code
+
     try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = list(pool.map(send, images))
         with gateway.client() as client:
-            for i in range(20):
-                assert classify(client, png_bytes(heldout.images[i])).status_code == 200
             text = client.get("/metrics").text
-        assert metric(text, "gateway_requests_total", endpoint="classify", status="200") == 20
-        assert metric(text, "gateway_images_per_request_count", endpoint="classify") == 20
+        assert gateway.metrics_dir is not None
+        per_worker = served_per_worker(gateway.metrics_dir)
     finally:
         stop_gateway(gateway)
+    assert statuses == [200] * 40
+    assert metric(text, "gateway_requests_total", endpoint="classify", status="200") == 40
+    assert metric(text, "gateway_images_per_request_count", endpoint="classify") == 40
+    assert len(per_worker) == 2, per_worker
+    assert all(n > 0 for n in per_worker.values()), per_worker  # both workers served
+    assert sum(per_worker.values()) == 40
 
 
 def test_overload_is_refused_at_once_never_dropped(triton, repository):

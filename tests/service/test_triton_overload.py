@@ -1,6 +1,8 @@
-"""Triton's own back-pressure reaching the client: a full queue answers 503, an expired deadline
-504. A deliberately slow python-backend model (named like a precision variant, so the gateway
-routes to it) on a real Triton makes both happen on purpose."""
+"""Triton's own answers reaching the client, end to end on a real Triton: a full queue answers
+503, an expired deadline 504, a request that expires in Triton's queue 504, a model that raises
+502 (without Triton's text), and a model that does not batch (max_batch_size 0) is served one
+image per call. Python-backend models named like precision variants (so the gateway routes to
+them) make each happen on purpose."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from local_triton.launcher import LocalTriton
@@ -51,13 +54,73 @@ dynamic_batching {
 """
 
 
+# Waits in the queue at most 100 ms whatever the client asks: a real Triton queue timeout.
+QUEUE_TIMEOUT_CONFIG = (
+    SLOW_CONFIG.replace("vit_classify_slow", "vit_classify_slowq")
+    .replace("default_timeout_microseconds: 10000000", "default_timeout_microseconds: 100000")
+    .replace("allow_timeout_override: true", "allow_timeout_override: false")
+    .replace("max_queue_size: 1", "max_queue_size: 4")
+)
+
+FAILING_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        raise pb_utils.TritonModelException("kaboom in /secret/path/model.py")
+"""
+
+FAILING_CONFIG = """
+name: "vit_classify_boom"
+backend: "python"
+max_batch_size: 16
+input [ { name: "image" data_type: TYPE_UINT8 dims: [ 3, 32, 32 ] } ]
+output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+# No batching: the batch dimension is part of dims. Class = the image's first pixel mod 10.
+UNBATCHED_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+            logits = np.zeros((images.shape[0], 10), dtype=np.float32)
+            logits[np.arange(len(images)), images[:, 0, 0, 0] % 10] = 10.0
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", logits)]))
+        return responses
+"""
+
+UNBATCHED_CONFIG = """
+name: "vit_classify_nobatch"
+backend: "python"
+max_batch_size: 0
+input [ { name: "image" data_type: TYPE_UINT8 dims: [ 1, 3, 32, 32 ] } ]
+output [ { name: "logits" data_type: TYPE_FP32 dims: [ 1, 10 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+MODELS = {
+    "vit_classify_slow": (SLOW_CONFIG, SLOW_MODEL),
+    "vit_classify_slowq": (QUEUE_TIMEOUT_CONFIG, SLOW_MODEL),
+    "vit_classify_boom": (FAILING_CONFIG, FAILING_MODEL),
+    "vit_classify_nobatch": (UNBATCHED_CONFIG, UNBATCHED_MODEL),
+}
+
+
 @pytest.fixture(scope="module")
 def slow_triton(tmp_path_factory):
     repo = tmp_path_factory.mktemp("slow_repo")
-    model = repo / "vit_classify_slow"
-    (model / "1").mkdir(parents=True)
-    (model / "config.pbtxt").write_text(SLOW_CONFIG)
-    (model / "1" / "model.py").write_text(SLOW_MODEL)
+    for name, (config, code) in MODELS.items():
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(config)
+        (repo / name / "1" / "model.py").write_text(code)
     log = (repo.parent / "slow-triton.log").open("w")
     server = LocalTriton(Path(repo), free_ports(), log=log).start()
     yield server
@@ -122,3 +185,90 @@ def test_deadline_answers_504_in_time(slow_triton, repository, heldout):
     finally:
         stop_gateway(gateway)
     time.sleep(DELAY_S)  # let the abandoned execution finish before the next test
+
+
+def test_the_deadline_counts_from_the_end_of_the_upload(slow_triton, repository, heldout):
+    """An upload slower than REQUEST_TIMEOUT_S still gets the whole deadline for the model: the
+    deadline once counted from before the body was read, and a slow client got a 504 that blamed
+    Triton."""
+    image = png_bytes(heldout.images[0])
+
+    def trickle():
+        for start in range(0, len(image), len(image) // 3 + 1):
+            yield image[start : start + len(image) // 3 + 1]
+            time.sleep(0.5)
+
+    gateway = start_gateway(slow_triton.ports.grpc, repository, REQUEST_TIMEOUT_S="1.0")
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            r = client.post(
+                "/classify",
+                params={"precision": "slow"},
+                content=trickle(),  # 1.5 s of upload, then 0.6 s of model
+                headers={"Content-Type": "image/png", "Content-Length": str(len(image))},
+            )
+        assert r.status_code == 200, r.text
+    finally:
+        stop_gateway(gateway)
+
+
+@pytest.fixture(scope="module")
+def gateway_on_slow(slow_triton, repository):
+    gateway = start_gateway(slow_triton.ports.grpc, repository, REQUEST_TIMEOUT_S="10")
+    yield gateway
+    stop_gateway(gateway)
+
+
+def test_a_request_that_expires_in_tritons_queue_answers_504(gateway_on_slow, heldout):
+    """Triton itself rejects it (queue policy: 100 ms, REJECT); the gateway's own deadline is
+    10 s, so this 504 can only come from Triton's queue."""
+    image = png_bytes(heldout.images[0])
+    answers: dict[str, tuple[httpx.Response, float]] = {}
+
+    def send(name: str) -> None:
+        with httpx.Client(base_url=gateway_on_slow.url, timeout=30) as client:
+            start = time.monotonic()
+            r = client.post(
+                "/classify",
+                params={"precision": "slowq"},
+                content=image,
+                headers={"Content-Type": "image/png"},
+            )
+            answers[name] = (r, time.monotonic() - start)
+
+    first = threading.Thread(target=send, args=("executing",))
+    first.start()
+    time.sleep(0.2)  # the first is executing (0.6 s); the second waits in the queue
+    send("queued")
+    first.join()
+    assert answers["executing"][0].status_code == 200
+    queued, elapsed = answers["queued"]
+    assert queued.status_code == 504, queued.text
+    assert queued.json()["error"]["code"] == "triton_timeout"
+    assert elapsed < 5.0  # long before the gateway's own 10 s deadline
+
+
+def test_a_model_that_raises_answers_502_without_its_text(gateway_on_slow, heldout):
+    with httpx.Client(base_url=gateway_on_slow.url, timeout=30) as client:
+        r = client.post(
+            "/classify",
+            params={"precision": "boom"},
+            content=png_bytes(heldout.images[0]),
+            headers={"Content-Type": "image/png"},
+        )
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["code"] == "triton_error"
+        assert "kaboom" not in r.text and "/secret/path" not in r.text
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_model_that_does_not_batch_is_served_one_image_per_call(gateway_on_slow):
+    files = []
+    for value in (3, 7, 5):  # the fake model's class is the first pixel mod 10
+        chw = np.full((3, 32, 32), value, dtype=np.uint8)
+        files.append(("file", (f"{value}.png", png_bytes(chw), "image/png")))
+    with httpx.Client(base_url=gateway_on_slow.url, timeout=30) as client:
+        r = client.post("/classify", params={"precision": "nobatch"}, files=files)
+    assert r.status_code == 200, r.text
+    top = [res["predictions"][0]["class_index"] for res in r.json()["results"]]
+    assert top == [3, 7, 5]

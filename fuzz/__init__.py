@@ -1,0 +1,1 @@
+"""Fuzzing the gateway: API (schemathesis) and image decoding (atheris)."""

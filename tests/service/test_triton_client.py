@@ -1,0 +1,172 @@
+"""service.triton.TritonBackend's own logic (catalog, chunking, cancellation), unit-tested with a
+fake tritonclient.grpc.aio client that implements the calls the backend makes. The end-to-end
+behaviour against a real Triton is in test_triton_overload.py and test_model_set_changes.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from service import triton as triton_module
+from service.errors import TritonFailed, TritonUnavailable
+from service.triton import TritonBackend
+
+
+class FakeClient:
+    """Answers like tritonclient.grpc.aio.InferenceServerClient for one model, vit_classify_fp32."""
+
+    def __init__(self) -> None:
+        self.max_batch_size: int | None = 4  # None: the key is absent, as protobuf JSON omits 0
+        self.index_calls = 0
+        self.index_delay_s = 0.0
+        self.index_error: Exception | None = None
+        self.infer_calls: list[int] = []
+        self.fail_first_chunk = False
+        self.cancelled: list[int] = []
+
+    async def get_model_repository_index(self, as_json, client_timeout):
+        self.index_calls += 1
+        await asyncio.sleep(self.index_delay_s)
+        if self.index_error is not None:
+            raise self.index_error
+        return {"models": [{"name": "vit_classify_fp32", "version": "1", "state": "READY"}]}
+
+    async def get_model_config(self, name, as_json, client_timeout):
+        config = {"name": name}
+        if self.max_batch_size is not None:
+            config["max_batch_size"] = self.max_batch_size
+        return {"config": config}
+
+    async def infer(self, model, inputs, outputs, client_timeout, timeout):
+        n = int(inputs[0].shape()[0])
+        call = len(self.infer_calls)
+        self.infer_calls.append(n)
+        if self.fail_first_chunk and call == 0:
+            raise InferenceServerException(msg="secret internal text", status="StatusCode.INTERNAL")
+        try:
+            await asyncio.sleep(0.5 if self.fail_first_chunk else 0)
+        except asyncio.CancelledError:
+            self.cancelled.append(call)
+            raise
+        return FakeResult(n, call)
+
+    async def close(self):
+        pass
+
+
+class FakeResult:
+    def __init__(self, n: int, call: int) -> None:
+        self.logits = np.full((n, 10), call, dtype=np.float32)
+
+    def as_numpy(self, name):
+        return self.logits
+
+
+@pytest.fixture
+def backend():
+    async def make() -> tuple[TritonBackend, FakeClient]:
+        b = TritonBackend("127.0.0.1:1", "vit", retry_after_s=1)
+        await b._client.close()
+        fake = FakeClient()
+        b._client = fake
+        return b, fake
+
+    return make
+
+
+def test_a_reloaded_models_new_max_batch_size_is_seen(backend, monkeypatch):
+    monkeypatch.setattr(triton_module, "CATALOG_REFRESH_S", 0.05)
+
+    async def scenario():
+        b, fake = await backend()
+        assert (await b.variant("classify", "fp32", 1.0)).max_batch_size == 4
+        fake.max_batch_size = 2  # Triton reloaded the model with another config
+        await asyncio.sleep(0.1)
+        await b.variant("classify", "fp32", 1.0)  # stale: answered at once, refreshed behind
+        await asyncio.sleep(0.01)
+        assert (await b.variant("classify", "fp32", 1.0)).max_batch_size == 2
+
+    asyncio.run(scenario())
+
+
+def test_waiters_share_one_refresh_while_triton_hangs(backend):
+    async def scenario():
+        b, fake = await backend()
+        fake.index_delay_s = 0.3
+        fake.index_error = InferenceServerException(msg="Deadline Exceeded", status="UNAVAILABLE")
+        results = await asyncio.gather(
+            *(b.variant("classify", "fp32", 0.3) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, TritonUnavailable) for r in results), results
+        assert fake.index_calls == 1  # not 5 refreshes one after another
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_refresh_never_holds_up_the_fast_path(backend, monkeypatch):
+    monkeypatch.setattr(triton_module, "CATALOG_REFRESH_S", 0.05)
+
+    async def scenario():
+        b, fake = await backend()
+        await b.variants(1.0)
+        await asyncio.sleep(0.1)  # the cache is stale now
+        fake.index_delay_s = 1.0  # and Triton hangs
+        unknown = asyncio.ensure_future(b.variant("classify", "bf16", 1.0))  # forces a refresh
+        await asyncio.sleep(0.01)
+        known = await asyncio.wait_for(b.variant("classify", "fp32", 1.0), timeout=0.2)
+        assert known.max_batch_size == 4
+        unknown.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_without_batching_gets_one_image_per_call(backend):
+    async def scenario():
+        b, fake = await backend()
+        fake.max_batch_size = None  # max_batch_size: 0
+        variant = await b.variant("classify", "fp32", 1.0)
+        assert variant.max_batch_size == 0
+        out = await b.infer(variant, np.zeros((3, 3, 8, 8), np.uint8), ["logits"], 1.0)
+        assert fake.infer_calls == [1, 1, 1]
+        assert out["logits"][:, 0].tolist() == [0, 1, 2]  # in order
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_call_makes_the_next_one_look_again_first(backend):
+    async def scenario():
+        b, fake = await backend()
+        variant = await b.variant("classify", "fp32", 1.0)
+        fake.max_batch_size, fake.fail_first_chunk = 2, True
+        with pytest.raises(TritonFailed):
+            await b.infer(variant, np.zeros((4, 3, 8, 8), np.uint8), ["logits"], 1.0)
+        assert (await b.variant("classify", "fp32", 1.0)).max_batch_size == 2
+
+    asyncio.run(scenario())
+
+
+def test_chunks_keep_their_order(backend):
+    async def scenario():
+        b, fake = await backend()
+        variant = await b.variant("classify", "fp32", 1.0)
+        out = await b.infer(variant, np.zeros((10, 3, 8, 8), np.uint8), ["logits"], 1.0)
+        assert fake.infer_calls == [4, 4, 2]
+        assert out["logits"][:, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+
+    asyncio.run(scenario())
+
+
+def test_when_one_chunk_fails_its_siblings_are_cancelled(backend):
+    async def scenario():
+        b, fake = await backend()
+        fake.fail_first_chunk = True
+        variant = await b.variant("classify", "fp32", 1.0)
+        with pytest.raises(TritonFailed) as failed:
+            await b.infer(variant, np.zeros((12, 3, 8, 8), np.uint8), ["logits"], 5.0)
+        assert sorted(fake.cancelled) == [1, 2]  # not left running on Triton
+        assert "secret internal text" not in failed.value.message
+
+    asyncio.run(scenario())
