@@ -108,12 +108,25 @@ class TritonTarget:
         requested = [grpcaio.InferRequestedOutput(name) for name in self.outputs]
         client = grpcaio.InferenceServerClient(self.url)
         try:
+            # Inputs beside the image (the explain models' discard_ratio, FP32 [1]) get 0, as the
+            # gateway sends by default. An unknown model has none: its calls count as errors.
+            try:
+                config = await client.get_model_config(self.model, as_json=True)
+                declared = config["config"].get("input", [])
+                extra = [i["name"] for i in declared if i["name"] != "image"]
+            except InferenceServerException:
+                extra = []
+            scalars = []
+            for name in extra:
+                scalar = grpcaio.InferInput(name, [1, 1], "FP32")
+                scalar.set_data_from_numpy(np.zeros((1, 1), np.float32))
+                scalars.append(scalar)
 
             async def send(index: int) -> str:
                 try:
                     await client.infer(
                         self.model,
-                        [inputs[index % len(inputs)]],
+                        [inputs[index % len(inputs)], *scalars],
                         outputs=requested or None,  # none named: every output
                         client_timeout=self.timeout_s,
                     )

@@ -8,10 +8,15 @@ Repositories built before the input existed still work: they answer discard_rati
 
 from __future__ import annotations
 
+import numpy as np
+
 from service.errors import InvalidParameter
 from service.triton import Variant
 
 INPUT_NAME = "discard_ratio"
+# The model takes FP32: a ratio just below 1 (e.g. 0.9999999999999998, valid for the API's r < 1)
+# rounds to 1.0 there, which the model refuses. It is sent as the largest FP32 below 1 instead.
+FP32_BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
 DESCRIPTION = (
     "per layer, the lowest fraction of the fused attention set to zero (CLS-to-CLS kept) before "
     "the residual and renormalisation, as in vit-explain (whose examples use 0.9); 0 = plain "
@@ -27,7 +32,7 @@ def triton_inputs(variant: Variant, ratio: float) -> dict[str, float]:
     """The scalar inputs to send: the ratio when the model takes it (always, so its config may
     declare it required), nothing when it does not and the request asks for no filtering."""
     if supported(variant):
-        return {INPUT_NAME: ratio}
+        return {INPUT_NAME: min(ratio, FP32_BELOW_ONE)}
     if ratio > 0:
         raise InvalidParameter(
             f"discard_ratio={ratio:g} needs an explain model with a {INPUT_NAME} input; "

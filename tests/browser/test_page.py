@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -243,7 +244,9 @@ def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):
     browser.get(broken_gateway.url + "/")
     banner = browser.find_element(By.ID, "service-error")
     WebDriverWait(browser, WAIT_S).until(lambda d: banner.is_displayed())
-    assert banner.text.startswith("Triton: Triton is unavailable")  # from /info, as it is
+    # What the page shows is what the API says, word for word (the gateway's own wording).
+    info = httpx.get(broken_gateway.url + "/info", timeout=10).json()
+    assert info["triton_error"] and banner.text.startswith(f"Triton: {info['triton_error']}")
     big, small = ROOT / "samples" / "digit-3.jpg", ROOT / "samples" / "digit-7.png"
     assert big.stat().st_size > 4096 > small.stat().st_size + 1024
     upload(browser, big, small)
@@ -252,6 +255,14 @@ def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):
     assert shown == "413 payload_too_large: request body exceeds 4096 bytes"
     wait_for(browser, small.name, "error")
     shown = card(browser, small.name).find_element(By.CSS_SELECTOR, ".error").text
-    assert shown.startswith("503 triton_unavailable: Triton is unavailable")
+    api = httpx.post(
+        broken_gateway.url + "/explain?output=json",
+        content=small.read_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=30,
+    )
+    error = api.json()["error"]
+    assert api.status_code == 503 and error["code"] == "triton_unavailable"
+    assert shown.startswith(f"503 triton_unavailable: {error['message']}")
     assert shown.endswith("(Retry-After: 1 s)")
     screenshot(browser, "errors.png")

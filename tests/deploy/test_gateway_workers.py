@@ -19,7 +19,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from tests.helpers import ROOT, free_port, png_bytes
 
@@ -40,13 +40,26 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 
 
 class StalledTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """A gRPC server that speaks Triton's protocol but never answers the model-catalog call, so a
-    request stays in flight in the gateway for as long as the test needs."""
+    """A gRPC server that speaks Triton's protocol: it lists one READY classify model, then never
+    answers an inference, so a request stays in flight in the gateway (past admission, which
+    comes after the catalog lookup and the upload) for as long as the test needs."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
 
     def RepositoryIndex(self, request, context):
+        model = service_pb2.RepositoryIndexResponse.ModelIndex(
+            name="vit_classify_fp32", version="1", state="READY"
+        )
+        return service_pb2.RepositoryIndexResponse(models=[model])
+
+    def ModelConfig(self, request, context):
+        config = model_config_pb2.ModelConfig(
+            name=request.name, max_batch_size=8, input=[model_config_pb2.ModelInput(name="image")]
+        )
+        return service_pb2.ModelConfigResponse(config=config)
+
+    def ModelInfer(self, request, context):
         self.release.wait(60)
         context.abort(grpc.StatusCode.UNAVAILABLE, "stalled on purpose")
 
@@ -104,7 +117,7 @@ def test_killed_worker_stops_counting_and_previous_run_is_forgotten(
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         MODEL_METADATA=str(repository / "model.json"),
         TRITON_URL=f"127.0.0.1:{silent_triton}",
-        READINESS_TIMEOUT_S="60",  # the catalog lookup hangs on the silent port this long
+        REQUEST_TIMEOUT_S="60",  # the inference hangs on the stalled server this long
         WEB_CONCURRENCY="2",
         GATEWAY_BIND=f"127.0.0.1:{port}",
     )

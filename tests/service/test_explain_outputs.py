@@ -128,6 +128,9 @@ def test_discard_ratio_input_is_sent_only_to_models_that_have_it():
     assert discard_ratio.triton_inputs(new, 0.0) == {"discard_ratio": 0.0}
     assert discard_ratio.triton_inputs(new, 0.9) == {"discard_ratio": 0.9}
     assert discard_ratio.triton_inputs(old, 0.0) == {}
+    # Valid for the API (r < 1) but 1.0 once FP32, which the model refuses (found by fuzzing).
+    sent = discard_ratio.triton_inputs(new, 0.9999999999999998)["discard_ratio"]
+    assert np.float32(sent) < 1.0 and sent == discard_ratio.FP32_BELOW_ONE
     with pytest.raises(InvalidParameter, match="rebuild the repository"):
         discard_ratio.triton_inputs(old, 0.5)
 
@@ -155,6 +158,8 @@ def test_discard_ratio_against_the_repository_being_served(http, photo):
         # normalised, or all zeros where filtering cut every CLS-to-patch path
         assert filtered.min() == 0.0 and filtered.max() in (0.0, 1.0)
         assert np.abs(filtered - plain).max() > 0.05
+        r = explain(http, photo, {"output": "json", "discard_ratio": 0.9999999999999998})
+        assert r.status_code == 200, r.text  # not a 502 from the model's FP32 range check
     else:
         r = explain(http, photo, {"discard_ratio": 0.5})
         assert r.status_code == 422
