@@ -85,4 +85,5 @@ test-gpu:
 		-p no:cacheprovider tests/build_stage/test_tensorrt.py"
 
 clean-repo:
-	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*/*/1 $(REPO)/*/*/labels.txt
+	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*/*/1 $(REPO)/*/*/labels.txt \
+		$(REPO)/engines $(REPO).staging-* $(REPO).rejected $(REPO).previous
