@@ -11,6 +11,8 @@ written in the file. Two sets, because the two targets run best on different gra
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import subprocess
@@ -114,6 +116,25 @@ class _Calibration:
 
 
 def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:
+    include, exclude = weight_matmuls(onnx.load(str(src)))
+    log.info(
+        "int8 %s: quantizing %d weight layers, keeping %d activation matmuls in float, "
+        "calibrating (%s) on %d images",
+        dst.name,
+        len(include),
+        len(exclude),
+        method,
+        len(calibration),
+    )
+    # ONNX Runtime's histogram collector print()s a line per collect_data call (per batch here).
+    with contextlib.redirect_stdout(io.StringIO()):
+        _quantize_static(src, dst, calibration, method, include, exclude)
+    onnx.checker.check_model(str(dst))
+
+
+def _quantize_static(
+    src: Path, dst: Path, images: np.ndarray, method: str, include: list, exclude: list
+) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -126,20 +147,10 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    include, exclude = weight_matmuls(onnx.load(str(src)))
-    log.info(
-        "int8 %s: quantizing %d weight layers, keeping %d activation matmuls in float, "
-        "calibrating (%s) on %d images",
-        dst.name,
-        len(include),
-        len(exclude),
-        method,
-        len(calibration),
-    )
     quantize_static(
         str(src),
         str(dst),
-        _Calibration(calibration),
+        _Calibration(images),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm", "Conv"],
         nodes_to_quantize=include,
@@ -149,7 +160,7 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
         weight_type=QuantType.QInt8,
         calibrate_method=methods[method],
         extra_options={
-            # TensorRT accepts only zero zero-points.
+            # Zero zero-points (symmetric), as both OpenVINO's and TensorRT's INT8 prefer.
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
             # OpenVINO 2026.4 mis-applies the bias of a Conv whose output is quantized
@@ -158,7 +169,6 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
             "CalibStridedMinMax": 1,  # one batch per collect_data call: bounded memory
         },
     )
-    onnx.checker.check_model(str(dst))
 
 
 def modelopt_python() -> Path:
