@@ -135,3 +135,20 @@ def test_engine_builder_imports_without_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_starts_triton_only_after_every_engine_passed():
+    """No engine, no Triton: Triton's exit-on-error would otherwise crash-loop on a missing plan."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    engines_service, triton = services["engines"], services["triton"]
+    assert triton["depends_on"]["engines"]["condition"] == "service_completed_successfully"
+    assert "profiles" not in engines_service  # `docker compose up` runs it first, every time
+    command = " ".join(engines_service["command"])
+    assert "-r requirements/engines.txt" in command and "-m build.tensorrt_engine" in command
+    mounts = engines_service["volumes"]
+    assert "./requirements/engines.txt:/workspace/requirements/engines.txt:ro" in mounts
+    makefile = (ROOT / "Makefile").read_text()
+    engines_recipe = makefile.split("\nengines:\n", 1)[1].split("\n\n", 1)[0]
+    assert engines_recipe.strip() == "docker compose run --rm engines"  # no host venv
