@@ -7,22 +7,24 @@ versions that clash with the CPU stack), as a subprocess of the build:
   <modelopt python> -m build.gpu_precision --images calib.npy --method max \\
       fp16:SRC:DST int8:SRC:DST ...
 
-It imports only numpy, onnx and modelopt (never torch or the rest of the build package).
+It imports only numpy, onnx and modelopt (which brings torch), never the rest of the build package.
 
 * FP16: AutoCast (`modelopt.onnx.autocast.convert_to_mixed_precision`, low_precision_type fp16,
   keep_io_types): Model Optimizer's documented path to FP16 for TensorRT 11, which has no FP16 flag.
 * INT8: Model Optimizer's ONNX PTQ (`modelopt.onnx.quantization.quantize`, quantize_mode int8).
-  Checked against modelopt 0.47.0 (modelopt/onnx/quantization/ort_utils.py, int8.py, graph_utils.py;
-  docs "ONNX quantization - Windows/Linux" and "Best practices for explicit quantization"):
+  Checked against the nvidia-modelopt 0.47.0 source (modelopt/onnx/quantization/ort_utils.py
+  `trt_guided_options`, int8.py, graph_utils.py `find_nodes_from_mha_to_exclude`):
   - QuantizeBias False: no INT32 bias DequantizeLinear, which TensorRT's ONNX parser refuses
-    (onnx-tensorrt docs/operators.md: DequantizeLinear takes INT8/FP8/INT4 only).
+    (onnx-tensorrt docs/operators.md: DequantizeLinear takes INT8, FP8, FP4, INT4 with a zero
+    zero-point; NVIDIA/TensorRT issue 4542).
   - OpTypesToExcludeOutputQuantization = every quantized op type: inputs are quantized, outputs
     never ("no output quantization"), so logits leave the graph in float.
   - ActivationSymmetric, per-channel symmetric weights: zero zero-points, as TensorRT requires.
   - high_precision_dtype fp16: everything not INT8 (LayerNorm, Softmax, GELU, residual Adds, the
     classifier head) runs in FP16, not FP32.
   - Attention BMMs (Q@K^T, attn@V) get Q/DQ when the sequence length is <= 512 (graph_utils.py
-    find_nodes_from_mha_to_exclude); ViT-B/16 has 197 tokens, so they are quantized.
+    find_nodes_from_mha_to_exclude); ViT-B/16 has 197 tokens, so they are quantized. MatMuls
+    with a dimension below 16 stay FP16 (graph_utils.py _MIN_MATMUL_DIM).
   Our one addition: in the explain graph the rollout MatMuls (explanation maths that never reach
   the logits) and the attn@V MatMuls (their Q/DQ would hand the rollout INT8 attention
   probabilities) stay FP16, so heatmaps keep FP16 precision; classify follows the recipe as is.
