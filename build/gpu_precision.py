@@ -1,0 +1,163 @@
+"""GPU (TensorRT) precision variants, made with NVIDIA Model Optimizer the way NVIDIA documents
+explicit quantization for TensorRT 10.x/11.x strongly typed networks.
+
+Runs in its own environment (`make modelopt-env`: nvidia-modelopt[onnx] pins onnx/onnxruntime
+versions that clash with the CPU stack), as a subprocess of the build:
+
+  <modelopt python> -m build.gpu_precision --images calib.npy --method max \\
+      fp16:SRC:DST int8:SRC:DST ...
+
+It imports only numpy, onnx and modelopt (which brings torch), never the rest of the build package.
+
+* FP16: AutoCast (`modelopt.onnx.autocast.convert_to_mixed_precision`, low_precision_type fp16,
+  keep_io_types): Model Optimizer's documented path to FP16 for TensorRT 11, which has no FP16 flag.
+* INT8: Model Optimizer's ONNX PTQ (`modelopt.onnx.quantization.quantize`, quantize_mode int8).
+  Checked against the nvidia-modelopt 0.47.0 source (modelopt/onnx/quantization/ort_utils.py
+  `trt_guided_options`, int8.py, graph_utils.py `find_nodes_from_mha_to_exclude`):
+  - QuantizeBias False: no INT32 bias DequantizeLinear, which TensorRT's ONNX parser refuses
+    (onnx-tensorrt docs/operators.md: DequantizeLinear takes INT8, FP8, FP4, INT4 with a zero
+    zero-point; NVIDIA/TensorRT issue 4542).
+  - OpTypesToExcludeOutputQuantization = every quantized op type: inputs are quantized, outputs
+    never ("no output quantization"), so logits leave the graph in float.
+  - ActivationSymmetric, per-channel symmetric weights: zero zero-points, as TensorRT requires.
+  - high_precision_dtype fp16: everything not INT8 (LayerNorm, Softmax, GELU, residual Adds, the
+    classifier head) runs in FP16, not FP32.
+  - Attention BMMs (Q@K^T, attn@V) get Q/DQ when the sequence length is <= 512 (graph_utils.py
+    find_nodes_from_mha_to_exclude); ViT-B/16 has 197 tokens, so they are quantized. MatMuls
+    with a dimension below 16 stay FP16 (graph_utils.py _MIN_MATMUL_DIM).
+  Our one addition: in the explain graph the rollout MatMuls (explanation maths that never reach
+  the logits) and the attn@V MatMuls (their Q/DQ would hand the rollout INT8 attention
+  probabilities) stay FP16, so heatmaps keep FP16 precision; classify follows the recipe as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+INPUT_NAME = "image"  # build.names.INPUT_NAME (not imported: this runs outside the build's env)
+LOGITS = "logits"
+CALIBRATION_BATCH = 16  # bounds calibration memory: one batch of activations at a time
+# Model Optimizer's INT8 PTQ calibrates with "max" or "entropy" (int8.py); anything else is max.
+MODELOPT_METHODS = ("max", "entropy")
+
+log = logging.getLogger("build.gpu_precision")
+
+
+def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls to keep out of INT8 in the explain graph: those of the rollout (they never reach
+    the logits) and those that read a tensor the rollout also reads (attn@V reads the attention
+    probabilities: a Q/DQ pair on that tensor would hand the rollout INT8 probabilities too)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    reaches, stack = set(), [LOGITS]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in reaches:
+            continue
+        reaches.add(node.name)
+        stack.extend(node.input)
+    rollout = [n for n in model.graph.node if n.name not in reaches]
+    read_by_rollout = {i for n in rollout for i in n.input}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and (n.name not in reaches or read_by_rollout.intersection(n.input))
+    ]
+
+
+class _Batches:
+    """onnxruntime CalibrationDataReader over a memory-mapped .npy: one batch in memory at once."""
+
+    def __init__(self, images: np.ndarray, batch: int) -> None:
+        self._images = images
+        self._batch = batch
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._images):
+            return None
+        chunk = np.ascontiguousarray(self._images[self._next : self._next + self._batch])
+        self._next += self._batch
+        done = min(self._next, len(self._images))
+        if (self._next // self._batch) % 8 == 0 or done == len(self._images):
+            log.info("gpu int8 calibration %d/%d images", done, len(self._images))
+        return {INPUT_NAME: chunk}
+
+    def get_first(self) -> dict[str, np.ndarray]:  # Model Optimizer probes the graph with it
+        return {INPUT_NAME: np.ascontiguousarray(self._images[: self._batch])}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def to_fp16(src: Path, dst: Path, images: np.ndarray) -> None:
+    """AutoCast runs the graph on real images to keep in FP32 only what would overflow FP16."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = Path(tmp) / "sample.npz"
+        np.savez(sample, **{INPUT_NAME: np.ascontiguousarray(images[:CALIBRATION_BATCH])})
+        model = convert_to_mixed_precision(
+            onnx_path=str(src),
+            low_precision_type="fp16",
+            keep_io_types=True,
+            calibration_data=str(sample),
+        )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
+    from modelopt.onnx.quantization import quantize
+
+    if method not in MODELOPT_METHODS:
+        raise ValueError(f"calibration method {method!r}: Model Optimizer has {MODELOPT_METHODS}")
+    rollout = rollout_matmuls(onnx.load(str(src), load_external_data=False))
+    quantize(
+        str(src),
+        quantize_mode="int8",
+        calibration_data_reader=_Batches(images, CALIBRATION_BATCH),
+        calibration_method=method,
+        calibration_eps=["cpu"],  # calibrate on ONNX Runtime's CPU provider: no GPU needed
+        nodes_to_exclude=rollout or None,
+        high_precision_dtype="fp16",
+        output_path=str(dst),
+        log_level="WARNING",
+    )
+    onnx.checker.check_model(str(dst))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    p = argparse.ArgumentParser(description="GPU precision variants (Model Optimizer)")
+    p.add_argument("jobs", nargs="+", help="PRECISION:SRC:DST, PRECISION fp16 or int8")
+    p.add_argument("--images", type=Path, required=True, help="uint8 NCHW images (.npy)")
+    p.add_argument("--method", default="max", choices=MODELOPT_METHODS)
+    args = p.parse_args(argv)
+    images = np.load(args.images, mmap_mode="r")
+    for job in args.jobs:  # one process for every variant: Model Optimizer imports take seconds
+        precision, src, dst = job.split(":", 2)
+        try:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            if precision == "fp16":
+                to_fp16(Path(src), Path(dst), images)
+            elif precision == "int8":
+                to_int8(Path(src), Path(dst), images, args.method)
+            else:
+                raise ValueError(f"unknown precision {precision!r}")
+        except Exception as exc:  # reported to the build as one line, which names the variant
+            print(f"error: {precision} {Path(src).name}: {exc}".splitlines()[0], flush=True)
+            return 2
+        print(f"written: gpu {precision} {Path(dst).name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
