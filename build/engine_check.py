@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from build.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
-from build.names import INPUT_NAME, LOGITS
+from build.names import DISCARD_RATIO, INPUT_NAME, LOGITS
 
 REFERENCE_FILE = Path("onnx") / "gpu" / "reference.npz"
 REFERENCE_IMAGES = 512  # classify logits; explain outputs for the first HEATMAP_IMAGES of them
@@ -19,6 +19,12 @@ REFERENCE_IMAGES = 512  # classify logits; explain outputs for the first HEATMAP
 MIN_TOP1_AGREEMENT = {"fp32": 0.99, "fp16": 0.99, "int8": 0.97}
 # ...and, for explain, heatmaps that correlate with ONNX Runtime's (mean over images).
 MIN_HEATMAP_CORRELATION = 0.99
+# Explain engines also run the first DISCARD_IMAGES with a different discard_ratio per image
+# (DISCARD_RATIO_KEY in the reference; 0.0 to 0.95, build.verify.MIXED_RATIOS). Near-tied entries
+# at a layer's threshold may fall either way between two runtimes, hence the lower bar.
+DISCARD_IMAGES = 64
+DISCARD_RATIO_KEY = "discard_ratio"
+MIN_HEATMAP_CORRELATION_DISCARD = 0.95
 DROP_LIMIT = {"int8": INT8_MAX_DROP_POINTS, "fp16": FP16_FLAG_DROP_POINTS}
 
 
@@ -38,14 +44,22 @@ def write_reference(path: Path, images, labels, outputs: dict) -> None:
     np.savez(path, **arrays)
 
 
-def _run(plan: bytes, images, max_batch: int) -> dict:
+def _run(plan: bytes, images, max_batch: int, discard_ratio=None) -> dict:
+    """The engine's outputs; explain engines get discard_ratio (zeros unless given, (N, 1))."""
     import numpy as np
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
+    if discard_ratio is None:
+        discard_ratio = np.zeros((len(images), 1), np.float32)
     parts: dict[str, list] = {}
     with TrtRunner(EngineFromBytes(plan)) as runner:
+        takes_ratio = DISCARD_RATIO in runner.get_input_metadata()
         for i in range(0, len(images), max_batch):
-            out = runner.infer({INPUT_NAME: np.ascontiguousarray(images[i : i + max_batch])})
+            feeds = {INPUT_NAME: np.ascontiguousarray(images[i : i + max_batch])}
+            if takes_ratio:
+                ratio = discard_ratio[i : i + max_batch]
+                feeds[DISCARD_RATIO] = np.ascontiguousarray(ratio, np.float32).reshape(-1, 1)
+            out = runner.infer(feeds)
             for name, value in out.items():
                 parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
     return {name: np.concatenate(values) for name, values in parts.items()}
@@ -83,6 +97,15 @@ def verify_engine(plan: bytes, reference, task: str, precision: str, max_batch: 
         result["heatmap_correlation_vs_onnxruntime"] = round(corr, 6)
         if corr < MIN_HEATMAP_CORRELATION:
             failures.append(f"heatmap correlation below {MIN_HEATMAP_CORRELATION}")
+        discard_key = reference_key(task, precision, "rollout_mean_discard")
+        if discard_key in reference.files:
+            ratios = reference[DISCARD_RATIO_KEY]
+            with_ratio = _run(plan, images[: len(ratios)], max_batch, ratios)
+            corr = _correlation(reference[discard_key], with_ratio["rollout_mean"])
+            result["heatmap_correlation_vs_onnxruntime_discard"] = round(corr, 6)
+            if corr < MIN_HEATMAP_CORRELATION_DISCARD:
+                bar = MIN_HEATMAP_CORRELATION_DISCARD
+                failures.append(f"heatmap correlation with discard_ratio below {bar}")
     if "labels" in reference.files:
         labels = reference["labels"][: len(images)]
         fp32 = reference[reference_key(task, "fp32", LOGITS)]

@@ -31,10 +31,17 @@ def _evaluate(runner: runtimes.Runner, images: np.ndarray, label: str) -> dict[s
     return verify.run_batched(runner, images, 16, label)
 
 
+def discard_ratios(count: int) -> np.ndarray:
+    """The engines step's per-image discard ratios for explain (engine_check.DISCARD_RATIO_KEY)."""
+    n = min(count, engine_check.DISCARD_IMAGES)
+    return np.asarray(verify.mixed_ratios(n), np.float32).reshape(-1, 1)
+
+
 def write_engine_reference(out: Path, heldout: source.Images, outputs: dict) -> None:
     """What the engines step compares each TensorRT engine with (build/engine_check.py)."""
     n = engine_check.REFERENCE_IMAGES
     labels = None if heldout.labels is None else heldout.labels[:n]
+    outputs = {**outputs, engine_check.DISCARD_RATIO_KEY: discard_ratios(len(heldout.images))}
     engine_check.write_reference(
         out / engine_check.REFERENCE_FILE, heldout.images[:n], labels, outputs
     )
@@ -77,6 +84,13 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
                         if name in outputs:
                             key = engine_check.reference_key(task, p, name)
                             gpu_outputs[key] = outputs[name][:n]
+                # Explain engines are also checked with a different discard_ratio per image.
+                ratios = discard_ratios(len(heat_images))
+                runner = runtimes.create_runner(
+                    engine, str(path(out, "explain", p)), threads, hint, 16
+                )
+                key = engine_check.reference_key("explain", p, "rollout_mean_discard")
+                gpu_outputs[key] = runner.run(heat_images[: len(ratios)], ratios)["rollout_mean"]
             ref = baseline[runtime_name]
             entry: dict = {
                 "classify": verify.accuracy_summary(

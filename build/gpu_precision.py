@@ -25,15 +25,26 @@ It imports only numpy, onnx and modelopt (which brings torch), never the rest of
   - Attention BMMs (Q@K^T, attn@V) get Q/DQ when the sequence length is <= 512 (graph_utils.py
     find_nodes_from_mha_to_exclude); ViT-B/16 has 197 tokens, so they are quantized. MatMuls
     with a dimension below 16 stay FP16 (graph_utils.py _MIN_MATMUL_DIM).
-  Our one addition: in the explain graph the rollout MatMuls (explanation maths that never reach
-  the logits) and the attn@V MatMuls (their Q/DQ would hand the rollout INT8 attention
-  probabilities) stay FP16, so heatmaps keep FP16 precision; classify follows the recipe as is.
+  Our additions, explain graphs only (classify follows the recipe as is):
+  - The rollout MatMuls (explanation maths that never reach the logits) and the attn@V MatMuls
+    (their Q/DQ would hand the rollout INT8 attention probabilities) get no Q/DQ.
+  - The rollout (every node that does not reach the logits: head fusion, the discard_ratio
+    bisection of build/discard.py, renormalisation, the MatMul chain) stays FP32, through AutoCast's
+    `nodes_to_exclude`. The bisection needs it: its bracket is widened by 1e-5 relative across
+    exp/log (below FP16's spacing of ~1e-3) and it halves to float32 spacing; its counts are int64,
+    which AutoCast leaves alone. It is cheap (T x T per layer, next to the backbone's T x 4D GEMMs).
+    Model Optimizer's INT8 PTQ takes no node list for its FP16 pass (only op types, and the
+    bisection shares Mul/Add/Where with the backbone), so the INT8 explain graph is quantized with
+    high_precision_dtype fp32 and then made FP16 by AutoCast with the same exclusion.
+  - Calibration and AutoCast's sample feed discard_ratio = 0 (plain rollout); the input stays FP32
+    and is never quantized (only MatMul/Gemm/Conv inputs are).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +53,7 @@ import numpy as np
 import onnx
 
 INPUT_NAME = "image"  # build.names.INPUT_NAME (not imported: this runs outside the build's env)
+DISCARD_RATIO = "discard_ratio"  # build.names.DISCARD_RATIO: explain graphs' second input
 LOGITS = "logits"
 CALIBRATION_BATCH = 16  # bounds calibration memory: one batch of activations at a time
 # Model Optimizer's INT8 PTQ calibrates with "max" or "entropy" (int8.py); anything else is max.
@@ -50,10 +62,7 @@ MODELOPT_METHODS = ("max", "entropy")
 log = logging.getLogger("build.gpu_precision")
 
 
-def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMuls to keep out of INT8 in the explain graph: those of the rollout (they never reach
-    the logits) and those that read a tensor the rollout also reads (attn@V reads the attention
-    probabilities: a Q/DQ pair on that tensor would hand the rollout INT8 probabilities too)."""
+def _reaching_logits(model: onnx.ModelProto) -> set[str]:
     producer = {o: n for n in model.graph.node for o in n.output}
     reaches, stack = set(), [LOGITS]
     while stack:
@@ -62,6 +71,27 @@ def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
             continue
         reaches.add(node.name)
         stack.extend(node.input)
+    return reaches
+
+
+def rollout_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes that never reach the logits: the explain graph's rollout (with the discard_ratio
+    bisection); empty for the classify graph."""
+    reaches = _reaching_logits(model)
+    return [n.name for n in model.graph.node if n.name not in reaches]
+
+
+def fp32_patterns(model: onnx.ModelProto) -> list[str] | None:
+    """AutoCast nodes_to_exclude (regexes, re.match): the rollout nodes by exact name, as one."""
+    names = rollout_nodes(model)
+    return ["(?:" + "|".join(re.escape(n) for n in names) + ")$"] if names else None
+
+
+def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls to keep out of INT8 in the explain graph: those of the rollout (they never reach
+    the logits) and those that read a tensor the rollout also reads (attn@V reads the attention
+    probabilities: a Q/DQ pair on that tensor would hand the rollout INT8 probabilities too)."""
+    reaches = _reaching_logits(model)
     rollout = [n for n in model.graph.node if n.name not in reaches]
     read_by_rollout = {i for n in rollout for i in n.input}
     return [
@@ -72,13 +102,28 @@ def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def takes_ratio(model: onnx.ModelProto) -> bool:
+    return DISCARD_RATIO in {i.name for i in model.graph.input}
+
+
+def feeds(images: np.ndarray, discard_ratio: bool) -> dict[str, np.ndarray]:
+    out = {INPUT_NAME: images}
+    if discard_ratio:
+        out[DISCARD_RATIO] = np.zeros((len(images), 1), np.float32)
+    return out
+
+
 class _Batches:
     """onnxruntime CalibrationDataReader over a memory-mapped .npy: one batch in memory at once."""
 
-    def __init__(self, images: np.ndarray, batch: int) -> None:
+    def __init__(self, images: np.ndarray, batch: int, discard_ratio: bool) -> None:
         self._images = images
         self._batch = batch
+        self._discard_ratio = discard_ratio  # explain graphs: calibrate the plain rollout (0)
         self._next = 0
+
+    def _feeds(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+        return feeds(chunk, self._discard_ratio)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= len(self._images):
@@ -88,28 +133,36 @@ class _Batches:
         done = min(self._next, len(self._images))
         if (self._next // self._batch) % 8 == 0 or done == len(self._images):
             log.info("gpu int8 calibration %d/%d images", done, len(self._images))
-        return {INPUT_NAME: chunk}
+        return self._feeds(chunk)
 
     def get_first(self) -> dict[str, np.ndarray]:  # Model Optimizer probes the graph with it
-        return {INPUT_NAME: np.ascontiguousarray(self._images[: self._batch])}
+        return self._feeds(np.ascontiguousarray(self._images[: self._batch]))
 
     def rewind(self) -> None:
         self._next = 0
 
 
-def to_fp16(src: Path, dst: Path, images: np.ndarray) -> None:
-    """AutoCast runs the graph on real images to keep in FP32 only what would overflow FP16."""
+def autocast_fp16(src: Path, images: np.ndarray) -> onnx.ModelProto:
+    """AutoCast runs the graph on real images to keep in FP32 only what would overflow FP16, and
+    the rollout (fp32_patterns)."""
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
+    graph = onnx.load(str(src), load_external_data=False)
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "sample.npz"
-        np.savez(sample, **{INPUT_NAME: np.ascontiguousarray(images[:CALIBRATION_BATCH])})
-        model = convert_to_mixed_precision(
+        first = np.ascontiguousarray(images[:CALIBRATION_BATCH])
+        np.savez(sample, **feeds(first, takes_ratio(graph)))
+        return convert_to_mixed_precision(
             onnx_path=str(src),
             low_precision_type="fp16",
             keep_io_types=True,
             calibration_data=str(sample),
+            nodes_to_exclude=fp32_patterns(graph),
         )
+
+
+def to_fp16(src: Path, dst: Path, images: np.ndarray) -> None:
+    model = autocast_fp16(src, images)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
 
@@ -119,18 +172,25 @@ def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
 
     if method not in MODELOPT_METHODS:
         raise ValueError(f"calibration method {method!r}: Model Optimizer has {MODELOPT_METHODS}")
-    rollout = rollout_matmuls(onnx.load(str(src), load_external_data=False))
-    quantize(
-        str(src),
-        quantize_mode="int8",
-        calibration_data_reader=_Batches(images, CALIBRATION_BATCH),
-        calibration_method=method,
-        calibration_eps=["cpu"],  # calibrate on ONNX Runtime's CPU provider: no GPU needed
-        nodes_to_exclude=rollout or None,
-        high_precision_dtype="fp16",
-        output_path=str(dst),
-        log_level="WARNING",
-    )
+    graph = onnx.load(str(src), load_external_data=False)
+    rollout = rollout_matmuls(graph)
+    explain = takes_ratio(graph)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Explain: Q/DQ in an FP32 graph, then AutoCast to FP16 with the rollout kept FP32.
+        quantized = Path(tmp) / "int8_fp32.onnx" if explain else dst
+        quantize(
+            str(src),
+            quantize_mode="int8",
+            calibration_data_reader=_Batches(images, CALIBRATION_BATCH, explain),
+            calibration_method=method,
+            calibration_eps=["cpu"],  # calibrate on ONNX Runtime's CPU provider: no GPU needed
+            nodes_to_exclude=rollout or None,
+            high_precision_dtype="fp32" if explain else "fp16",
+            output_path=str(quantized),
+            log_level="WARNING",
+        )
+        if explain:
+            onnx.save(autocast_fp16(quantized, images), str(dst))
     onnx.checker.check_model(str(dst))
 
 

@@ -62,6 +62,11 @@ def test_the_repository_carries_onnx_runtime_outputs_for_every_gpu_graph(reposit
             logits = ref[engine_check.reference_key(task, p, "logits")]
             assert logits.shape[1] == 10 and len(logits) <= len(ref["images"])
         assert ref[engine_check.reference_key("explain", "int8", "rollout_mean")].ndim == 3
+    ratios = ref[engine_check.DISCARD_RATIO_KEY]
+    assert ratios.shape == (engine_check.DISCARD_IMAGES, 1) and len(np.unique(ratios)) > 1
+    for p in PRECISIONS:  # explain engines are also checked with discard_ratio > 0
+        discard = ref[engine_check.reference_key("explain", p, "rollout_mean_discard")]
+        assert len(discard) == len(ratios) and discard.ndim == 3
 
 
 @pytest.mark.parametrize(
@@ -75,16 +80,21 @@ def test_engine_verification_refuses_an_engine_that_disagrees(
     ref = np.load(repository / engine_check.REFERENCE_FILE)
     rng = np.random.default_rng(0)
 
-    def stand_in(_plan, images, _max_batch):
-        out = {"logits": ref[engine_check.reference_key("explain", "int8", "logits")].copy()}
+    def stand_in(_plan, images, _max_batch, discard_ratio=None):
+        key = engine_check.reference_key
+        if discard_ratio is not None:  # the check with a different discard_ratio per image
+            assert len(images) == len(discard_ratio) == engine_check.DISCARD_IMAGES
+            return {"rollout_mean": ref[key("explain", "int8", "rollout_mean_discard")]}
+        out = {"logits": ref[key("explain", "int8", "logits")].copy()}
         out["logits"] += noise * rng.standard_normal(out["logits"].shape).astype(np.float32)
-        out["rollout_mean"] = ref[engine_check.reference_key("explain", "int8", "rollout_mean")]
+        out["rollout_mean"] = ref[key("explain", "int8", "rollout_mean")]
         assert len(images) == len(out["logits"])
         return out
 
     monkeypatch.setattr(engine_check, "_run", stand_in)
     result = engine_check.verify_engine(b"", ref, "explain", "int8", 32)
     assert result["passed"] is passed, result
+    assert result["heatmap_correlation_vs_onnxruntime_discard"] == pytest.approx(1.0)
     if not passed:
         assert any("top-1 agreement" in f for f in result["failures"])
         assert any("INT8 top-1 drop" in f for f in result["failures"])
