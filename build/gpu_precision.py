@@ -26,8 +26,9 @@ It imports only numpy, onnx and modelopt (which brings torch), never the rest of
     find_nodes_from_mha_to_exclude); ViT-B/16 has 197 tokens, so they are quantized. MatMuls
     with a dimension below 16 stay FP16 (graph_utils.py _MIN_MATMUL_DIM).
   Our additions, explain graphs only (classify follows the recipe as is):
-  - The rollout MatMuls (explanation maths that never reach the logits) and the attn@V MatMuls
-    (their Q/DQ would hand the rollout INT8 attention probabilities) get no Q/DQ.
+  - The rollout (explanation maths that never reach the logits: MatMuls, and the discard_ratio
+    bisection's Add/Mul/Where, which Model Optimizer would otherwise give Q/DQ) and the attn@V
+    MatMuls (their Q/DQ would hand the rollout INT8 attention probabilities) get no Q/DQ.
   - The rollout (every node that does not reach the logits: head fusion, the discard_ratio
     bisection of build/discard.py, renormalisation, the MatMul chain) stays FP32, through AutoCast's
     `nodes_to_exclude`. The bisection needs it: its bracket is widened by 1e-5 relative across
@@ -173,7 +174,9 @@ def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
     if method not in MODELOPT_METHODS:
         raise ValueError(f"calibration method {method!r}: Model Optimizer has {MODELOPT_METHODS}")
     graph = onnx.load(str(src), load_external_data=False)
-    rollout = rollout_matmuls(graph)
+    # Model Optimizer would also put Q/DQ on the rollout's (and the bisection's) Add/Mul/Where
+    # inputs: the whole rollout is excluded, plus the attn@V MatMuls (rollout_matmuls).
+    rollout = [*rollout_matmuls(graph), *(fp32_patterns(graph) or [])]
     explain = takes_ratio(graph)
     with tempfile.TemporaryDirectory() as tmp:
         # Explain: Q/DQ in an FP32 graph, then AutoCast to FP16 with the rollout kept FP32.
