@@ -184,8 +184,8 @@ def _correlation(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
 
 
 # Measured on the digits default (64 held-out images, ONNX Runtime CPU): fp16 >= 0.9999 mean
-# correlation
-# with the reference at every ratio and fusion; int8 >= 0.98 (the min fusion at 0.9 is the lowest).
+# correlation with the reference at every ratio and fusion; int8 >= 0.98 (the min fusion at 0.9
+# is the lowest).
 MIN_DISCARD_CORRELATION = {"fp16": 0.999, "int8": 0.95}
 
 
