@@ -243,7 +243,8 @@ def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):
     browser.get(broken_gateway.url + "/")
     banner = browser.find_element(By.ID, "service-error")
     WebDriverWait(browser, WAIT_S).until(lambda d: banner.is_displayed())
-    assert banner.text.startswith("Triton: Triton is unavailable")  # from /info, as it is
+    # From /info, as the API words it (service/triton.py).
+    assert banner.text.startswith("Triton: Triton or the model is unavailable")
     big, small = ROOT / "samples" / "digit-3.jpg", ROOT / "samples" / "digit-7.png"
     assert big.stat().st_size > 4096 > small.stat().st_size + 1024
     upload(browser, big, small)
@@ -252,6 +253,6 @@ def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):
     assert shown == "413 payload_too_large: request body exceeds 4096 bytes"
     wait_for(browser, small.name, "error")
     shown = card(browser, small.name).find_element(By.CSS_SELECTOR, ".error").text
-    assert shown.startswith("503 triton_unavailable: Triton is unavailable")
+    assert shown.startswith("503 triton_unavailable: Triton or the model is unavailable")
     assert shown.endswith("(Retry-After: 1 s)")
     screenshot(browser, "errors.png")
