@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MODELOPT := .venv-modelopt
+MODELOPT_STAMP := $(MODELOPT)/.installed
 REPO := model_repository
 BUILT := $(REPO)/model.json
 HOST ?= 127.0.0.1
@@ -11,7 +13,7 @@ ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help install repo serve triton test test-slow lint bench loadtest bench-e2e engines clean-repo \
-	check-deploy
+	check-deploy modelopt-env test-gpu
 
 help:
 	@echo "make serve   install, build the default model repository if absent, run Triton + gateway"
@@ -21,7 +23,8 @@ help:
 	@echo "make bench   images/s per variant at batch 1 and 8 (docs/benchmarks/)"
 	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-p99 50')"
 	@echo "make bench-e2e capacity at a p99 SLO: naive server vs model alone vs Triton vs this stack"
-	@echo "make engines build TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
+	@echo "make engines build and verify TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
+	@echo "make test-gpu the gpu-marked tests in the TensorRT container (GPU host)"
 	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
 	@echo "make check-deploy  only the deployment checks: compose, Dockerfiles, Kubernetes, monitoring"
 
@@ -36,11 +39,17 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
 		-c requirements/constraints.txt
 	@touch $@
 
+# NVIDIA Model Optimizer (GPU precision variants) in its own environment: its pins clash.
+$(MODELOPT_STAMP): requirements/modelopt.txt scripts/modelopt-env.sh | $(STAMP)
+	bash scripts/modelopt-env.sh $(MODELOPT) $(VENV)
+
+modelopt-env: $(MODELOPT_STAMP)
+
 # Built only when absent: model.json is written last, after every check and gate passed.
-$(BUILT): | $(STAMP)
+$(BUILT): | $(STAMP) $(MODELOPT_STAMP)
 	$(BIN)/python -m build.cli --out $(REPO)
 
-repo: $(STAMP)
+repo: $(STAMP) $(MODELOPT_STAMP)
 	$(BIN)/python -m build.cli --out $(REPO) $(ARGS)
 
 serve: $(STAMP) $(BUILT)
@@ -49,7 +58,7 @@ serve: $(STAMP) $(BUILT)
 triton: $(STAMP) $(BUILT)
 	$(BIN)/python -m local_triton --repository $(REPO)/cpu
 
-test: lint $(BUILT)
+test: lint $(MODELOPT_STAMP) $(BUILT)
 	$(BIN)/python -m pytest $(ARGS)
 
 # A subset of `make test`: compose profiles, Dockerfiles (hadolint), Kubernetes (kustomize,
@@ -75,8 +84,17 @@ loadtest: $(STAMP)
 bench-e2e: $(STAMP) $(BUILT)
 	$(BIN)/python -m loadtest.bench_e2e $(ARGS)
 
+# GPU host: build and verify the TensorRT engines in the TensorRT container (no host venv).
 engines:
-	$(BIN)/python -m build.tensorrt_engine --repository $(REPO)
+	docker compose run --rm engines
+
+# GPU host: the `gpu` tests, in the same TensorRT container, against the default repository.
+test-gpu:
+	docker compose run --rm --volume "$(CURDIR):/workspace" engines bash -c \
+		"python3 -m pip install --quiet --no-cache-dir -r requirements/engines.txt \
+		-r requirements/gpu-tests.txt && python3 -m pytest -m gpu -W ignore::DeprecationWarning \
+		-p no:cacheprovider tests/build_stage/test_tensorrt.py"
 
 clean-repo:
-	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 $(REPO)/*/*/labels.txt
+	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 \
+		$(REPO)/*/*/labels.txt $(REPO)/engines $(REPO).staging-* $(REPO).rejected $(REPO).previous

@@ -5,7 +5,12 @@
   python -m build.cli --model vit_base_patch16_224 --random-weights   # offline, no hub
   python -m build.cli --model deit_small_patch16_224 --checkpoint ckpt.pth
 
-Exit codes: 0 built; 2 bad arguments or source; 3 a check failed or INT8 was refused.
+The build writes into a new sibling directory (<out>.staging-<pid>) and swaps it in only after
+every check and gate passed: a failed, refused or killed build leaves <out> byte-identical (a
+refused one is kept as <out>.rejected for inspection).
+
+Exit codes: 0 built; 2 bad arguments, source or environment; 3 a check failed or a variant was
+refused.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import datetime
 import json
 import logging
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -22,16 +28,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import export, precision, repository, runtimes, source, verify, visual_report
+from build import (
+    evaluate,
+    export,
+    precision,
+    repository,
+    runtimes,
+    source,
+    staging,
+    verify,
+    visual_report,
+)
 from build.contract import ModelContract, preprocessing, token_layout
 from build.gates import GateRefused, apply_gates, raise_if_refused
 from build.graphs import ClassifyGraph, ExplainGraph
-from build.repository import PRECISIONS, TASKS, onnx_path
+from build.repository import PRECISIONS, TASKS, gpu_onnx_path, onnx_path
 
 log = logging.getLogger("build")
 MIN_CALIBRATION_IMAGES = 500
 PARITY_IMAGES = 8
 UNLABELLED_EVAL_IMAGES = 128
+EVAL_LIMIT = 1000  # held-out images evaluated per variant; ~1.5 min per ViT-B/16 variant on 2 cores
+CALIB_LIMIT = 1000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,9 +73,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calib-dir", type=Path, help=f"INT8 calibration images (>= {MIN_CALIBRATION_IMAGES})"
     )
     p.add_argument(
+        "--calib-limit",
+        type=int,
+        default=CALIB_LIMIT,
+        help="calibrate on a seeded random sample of at most this many (default %(default)s)",
+    )
+    p.add_argument(
         "--eval-dir",
         type=Path,
-        help="labelled held-out images: <class>/<image>, class = index or label",
+        help="labelled held-out images: <class>/<image>, class = index, label or ImageNet synset",
+    )
+    p.add_argument(
+        "--eval-limit",
+        type=int,
+        default=EVAL_LIMIT,
+        help="evaluate on a seeded random sample of at most this many (default %(default)s)",
     )
     p.add_argument("--calibration-method", choices=precision.CALIBRATION_METHODS, default="minmax")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list; fp32 always")
@@ -93,24 +123,48 @@ def load(args: argparse.Namespace) -> source.LoadedModel:
 def attach_data(loaded: source.LoadedModel, contract: ModelContract, args) -> None:
     pre = contract.preprocessing
     if args.calib_dir:
-        loaded.calibration = source.image_folder(args.calib_dir, pre, False, contract.labels)
+        loaded.calibration = source.image_folder(
+            args.calib_dir, pre, False, contract.labels, args.calib_limit, args.seed
+        )
     if args.eval_dir:
-        loaded.heldout = source.image_folder(args.eval_dir, pre, True, contract.labels)
+        loaded.heldout = source.image_folder(
+            args.eval_dir, pre, True, contract.labels, args.eval_limit, args.seed
+        )
     if loaded.calibration is None:
         loaded.calibration = source.digits_stand_in(pre)
     if loaded.heldout is None:
         # No labels: agreement with fp32 on a slice of the calibration images is all we can say.
         cal = loaded.calibration
+        count = min(UNLABELLED_EVAL_IMAGES, args.eval_limit)
         loaded.heldout = source.Images(
-            cal.images[:UNLABELLED_EVAL_IMAGES],
-            None,
-            f"first {UNLABELLED_EVAL_IMAGES} of {cal.description}",
+            cal.images[:count], None, f"first {count} of {cal.description}"
+        )
+    elif len(loaded.heldout.images) > args.eval_limit:  # the offline default's own split
+        held = loaded.heldout
+        loaded.heldout = source.Images(
+            held.images[: args.eval_limit],
+            None if held.labels is None else held.labels[: args.eval_limit],
+            f"first {args.eval_limit} of {held.description}",
         )
 
 
 def versions() -> dict:
     names = ["torch", "timm", "onnx", "onnxruntime", "openvino", "onnxconverter-common"]
     return {name: version(name) for name in names}
+
+
+def modelopt_versions() -> dict:
+    """Versions in Model Optimizer's environment (read from its metadata, nothing imported)."""
+    import subprocess
+
+    code = (
+        "from importlib.metadata import version as v; "
+        "print(v('nvidia-modelopt'), v('onnx'), v('onnxruntime-gpu'))"
+    )
+    out = subprocess.run(
+        [str(precision.modelopt_python()), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return {"nvidia-modelopt": out[0], "onnx": out[1], "onnxruntime-gpu": out[2]}
 
 
 def describe(loaded: source.LoadedModel, contract: ModelContract, args: argparse.Namespace) -> dict:
@@ -175,20 +229,45 @@ def export_and_verify(
 
 def make_variants(
     out: Path, precisions: tuple[str, ...], calibration: source.Images, method: str
-) -> None:
+) -> dict:
+    """CPU variants (onnx/) for OpenVINO, GPU variants (onnx/gpu/) with Model Optimizer."""
     for task in TASKS:
         fp32 = onnx_path(out, task, "fp32")
         if "fp16" in precisions:
-            log.info("precision: fp16 %s", task)
+            log.info("precision: cpu fp16 %s", task)
             precision.to_fp16(fp32, onnx_path(out, task, "fp16"))
         if "int8" in precisions:
-            log.info("precision: int8 %s", task)
+            log.info("precision: cpu int8 %s", task)
             precision.to_int8(fp32, onnx_path(out, task, "int8"), calibration.images, method)
+    lower = [p for p in precisions if p != "fp32"]
+    if not lower:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
+        images = precision.write_images(calibration.images, Path(tmp) / "images.npy")
+        log.info("precision: gpu %s (NVIDIA Model Optimizer)", ", ".join(lower))
+        jobs = [
+            (p, onnx_path(out, task, "fp32"), gpu_onnx_path(out, task, p))
+            for task in TASKS
+            for p in lower
+        ]
+        precision.to_gpu_variants(jobs, images, method)
+    return {
+        "tool": "NVIDIA Model Optimizer: AutoCast (fp16), ONNX PTQ (int8)",
+        "versions": modelopt_versions(),
+        "calibration_method": precision.GPU_CALIBRATION_METHOD[method],
+        "onnx": {f"{t}_{p}": str(gpu_onnx_path(Path(), t, p)) for t in TASKS for p in lower},
+    }
 
 
 def build(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     precisions = tuple(p for p in PRECISIONS if p in args.precisions.split(",") or p == "fp32")
+    if args.eval_limit < 1 or args.calib_limit < MIN_CALIBRATION_IMAGES:
+        raise source.SourceError(
+            f"--eval-limit must be >= 1 and --calib-limit >= {MIN_CALIBRATION_IMAGES}"
+        )
+    if len(precisions) > 1:
+        precision.modelopt_python()  # fail before training, not after
     threads = args.threads or runtimes.default_threads()
     torch.set_num_threads(threads)
     loaded = load(args)
@@ -208,62 +287,41 @@ def build(args: argparse.Namespace) -> dict:
         )
     out: Path = args.out
     report = describe(loaded, contract, args)
+    stage = staging.new_stage(out)
     try:
         sample = loaded.heldout.images[:PARITY_IMAGES]
-        report["parity"] = export_and_verify(model, contract, sample, out, threads)
+        report["parity"] = export_and_verify(model, contract, sample, stage, threads)
         failed = verify.failures(report["parity"])
         if failed:
             raise verify.VerificationError("parity outside bounds: " + ", ".join(failed))
-        make_variants(out, precisions, loaded.calibration, args.calibration_method)
-        report["variants"] = evaluate_variants(out, precisions, loaded.heldout, threads)
+        report["gpu_variants"] = make_variants(
+            stage, precisions, loaded.calibration, args.calibration_method
+        )
+        report["variants"], gpu_outputs = evaluate.variants(
+            stage, precisions, loaded.heldout, threads
+        )
         labelled = loaded.heldout.labels is not None
         report["gates"] = apply_gates(report["variants"], labelled, args.allow_int8_drop)
         raise_if_refused(report["gates"])
-    except (verify.VerificationError, GateRefused):
-        _write_report(out, report)  # the numbers behind the refusal stay readable
+        if loaded.origin == source.OFFLINE_DEFAULT:
+            (stage / "source").mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), stage / "source" / "digits_vit.pth")
+        evaluate.write_engine_reference(stage, loaded.heldout, gpu_outputs)
+        samples = loaded.heldout.images[: visual_report.SAMPLES]
+        report["visual_report"] = visual_report.write(stage, report, samples, contract.labels).name
+        written = repository.write(stage, contract, precisions)
+        report["repository"] = {"path": str(out), "models": written}
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        _write_report(stage, report)
+    except (verify.VerificationError, GateRefused, precision.VariantError) as exc:
+        _write_report(stage, report)  # the numbers behind the refusal stay readable
+        kept = staging.reject(stage, out)
+        raise type(exc)(f"{exc} ({out} unchanged; this build is in {kept})") from exc
+    except BaseException:
+        staging.discard(stage)
         raise
-    if loaded.origin == source.OFFLINE_DEFAULT:
-        (out / "source").mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), out / "source" / "digits_vit.pth")
-    samples = loaded.heldout.images[: visual_report.SAMPLES]
-    report["visual_report"] = visual_report.write(out, report, samples, contract.labels).name
-    written = repository.write(out, contract, precisions)
-    report["repository"] = {"path": str(out), "models": written}
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    _write_report(out, report)
+    staging.swap_in(stage, out)
     return report
-
-
-def evaluate_variants(out: Path, precisions, heldout: source.Images, threads: int) -> dict:
-    """Accuracy/agreement of every variant on the held-out images, per serving runtime; for
-    explain graphs also the heatmap correlation against the fp32 explain graph."""
-    results: dict = {}
-    baseline: dict = {}
-    for p in precisions:
-        results[p] = {}
-        for runtime_name in ("onnxruntime", "openvino"):
-            hint = repository.CPU_PRECISION_HINT[p] if runtime_name == "openvino" else ""
-            log.info("evaluate: %s on %d images with %s", p, len(heldout.images), runtime_name)
-            entry: dict = {}
-            for task in TASKS:
-                runner = runtimes.create_runner(
-                    runtime_name, str(onnx_path(out, task, p)), threads, hint, 16
-                )
-                got = verify.run_batched(runner, heldout.images, 16)
-                key = (runtime_name, task)
-                if p == "fp32":
-                    baseline[key] = got
-                ref = baseline[key]
-                summary = verify.accuracy_summary(got["logits"], ref["logits"], heldout.labels)
-                if task == "explain":
-                    summary["heatmap_correlation_vs_fp32"] = verify.heatmap_correlation(
-                        ref["rollout_mean"], got["rollout_mean"]
-                    )
-                entry[task] = summary
-            if runtime_name == "openvino":
-                entry["precision_hint"] = hint or "default"
-            results[p][runtime_name] = entry
-    return results
 
 
 def _write_report(out: Path, report: dict) -> None:
@@ -272,7 +330,6 @@ def _write_report(out: Path, report: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(path)
-    log.info("report: %s", path)
 
 
 class _QuietQuantizer(logging.Filter):
@@ -292,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     except (source.SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (verify.VerificationError, GateRefused) as exc:
+    except precision.ModelOptimizerMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (verify.VerificationError, GateRefused, precision.VariantError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     for line in summary_lines(report):
@@ -309,7 +369,7 @@ def summary_lines(report: dict) -> list[str]:
             c = entry["classify"]
             acc = f"accuracy {100 * c['accuracy']:.1f}% " if "accuracy" in c else ""
             lines.append(
-                f"  {p:5s} {runtime_name:12s} {acc}agreement "
+                f"  {p:5s} {runtime_name:21s} {acc}agreement "
                 f"{100 * c['top1_agreement_vs_fp32']:.1f}%"
             )
     for name, gate in report["gates"].items():

@@ -1,16 +1,22 @@
-"""FP16 and INT8 variants of an exported graph, as ONNX, so any runtime (ONNX Runtime, OpenVINO,
-TensorRT 11 strongly typed) runs exactly the precision written in the file.
+"""FP16 and INT8 variants of an exported graph, as ONNX, so each runtime runs exactly the precision
+written in the file. Two sets, because the two targets run best on different graphs:
 
-INT8 follows the recipe that kept ViT accuracy in our checks (docs/build.md): static Q/DQ,
-symmetric, per-channel weights, only weight-bearing MatMul/Gemm/Conv quantized. Softmax, LayerNorm,
-GELU, residual Adds and the attention MatMuls (Q@K^T, attn@V, rollout) stay in float.
+* CPU (OpenVINO): written here. INT8 is the recipe OpenVINO ran fastest with ViT accuracy kept
+  (docs/build.md): static Q/DQ, symmetric, per-channel weights, only weight-bearing
+  MatMul/Gemm/Conv quantized (their inputs, and their outputs except Conv's); Softmax, LayerNorm,
+  GELU and the attention/rollout MatMuls read float. FP16 by onnxconverter-common.
+* GPU (TensorRT strongly typed): NVIDIA Model Optimizer's ONNX PTQ and AutoCast, run in their own
+  environment (build/gpu_precision.py, which lists the documented rules it follows).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import subprocess
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,21 @@ from build.graphs import DISCARD_RATIO, INPUT_NAME
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_BATCH = 16
+ROOT = Path(__file__).resolve().parent.parent
+# Model Optimizer's environment (make modelopt-env); its pins clash with the CPU stack.
+MODELOPT_PYTHON = Path(os.environ.get("VIT_MODELOPT_PYTHON", ROOT / ".venv-modelopt/bin/python"))
+# Model Optimizer's INT8 PTQ calibrates with "max" or "entropy" only (modelopt int8.py); with
+# symmetric activations MinMax is max, and entropy is the closest to percentile's clipping.
+GPU_CALIBRATION_METHOD = {"minmax": "max", "entropy": "entropy", "percentile": "entropy"}
+
+
+class VariantError(Exception):
+    """A precision variant could not be made; the message names which and why."""
+
+
+class ModelOptimizerMissing(VariantError):
+    """Model Optimizer's environment is not installed (a setup error, not a failed check)."""
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -62,23 +83,40 @@ def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 class _Calibration:
-    """ONNX Runtime CalibrationDataReader over uint8 NCHW images, in fixed-size batches."""
+    """ONNX Runtime CalibrationDataReader over uint8 NCHW images, in fixed-size batches.
 
-    def __init__(self, images: np.ndarray, discard_ratio: bool, batch: int = 32) -> None:
-        self._discard_ratio = discard_ratio  # explain graphs: calibrate at 0 (the backbone only)
-        self._batches: Iterator[np.ndarray] = (
-            images[i : i + batch] for i in range(0, len(images), batch)
-        )
+    With CalibStridedMinMax = 1, quantize_static calls collect_data once per batch (set_range),
+    so every calibrator (MinMax, Entropy, Percentile) keeps one batch of activations in memory at a
+    time and merges ranges/histograms across calls, instead of holding every activation of every
+    image until the end (tens of GB at ViT-B/16 on 500 images). Explain graphs also get
+    discard_ratio = 0: calibration sees the backbone and the plain rollout."""
+
+    def __init__(
+        self, images: np.ndarray, discard_ratio: bool, batch: int = CALIBRATION_BATCH
+    ) -> None:
+        self._images = images
+        self._batch = batch
+        self._discard_ratio = discard_ratio
         self._total = -(-len(images) // batch)
-        self._done = 0
+        self._range = range(0)
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._total
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._range = range(start_index, min(end_index, self._total))
+        self._position = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        if batch is None:
+        if self._position >= len(self._range):
             return None
-        self._done += 1
-        if self._done % 4 == 0 or self._done == self._total:
-            log.info("calibration batch %d/%d", self._done, self._total)
+        index = self._range[self._position]
+        self._position += 1
+        if (index + 1) % 8 == 0 or index + 1 == self._total:
+            log.info("calibration batch %d/%d", index + 1, self._total)
+        start = index * self._batch
+        batch = np.ascontiguousarray(self._images[start : start + self._batch])
         feeds = {INPUT_NAME: batch}
         if self._discard_ratio:
             feeds[DISCARD_RATIO] = np.zeros((len(batch), 1), np.float32)
@@ -86,18 +124,6 @@ class _Calibration:
 
 
 def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
     model = onnx.load(str(src))
     include, exclude = weight_matmuls(model)
     takes_ratio = DISCARD_RATIO in {i.name for i in model.graph.input}
@@ -110,10 +136,37 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
         method,
         len(calibration),
     )
+    # ONNX Runtime's histogram collector print()s a line per collect_data call (per batch here).
+    with contextlib.redirect_stdout(io.StringIO()):
+        _quantize_static(src, dst, calibration, method, include, exclude, takes_ratio)
+    onnx.checker.check_model(str(dst))
+
+
+def _quantize_static(
+    src: Path,
+    dst: Path,
+    images: np.ndarray,
+    method: str,
+    include: list,
+    exclude: list,
+    takes_ratio: bool,
+) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     quantize_static(
         str(src),
         str(dst),
-        _Calibration(calibration, takes_ratio),
+        _Calibration(images, takes_ratio),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm", "Conv"],
         nodes_to_quantize=include,
@@ -123,12 +176,52 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
         weight_type=QuantType.QInt8,
         calibrate_method=methods[method],
         extra_options={
-            # TensorRT accepts only zero zero-points.
+            # Zero zero-points (symmetric), as both OpenVINO's and TensorRT's INT8 prefer.
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
             # OpenVINO 2026.4 mis-applies the bias of a Conv whose output is quantized
             # (channel 0's bias everywhere); the patch-embedding output stays float.
             "OpTypesToExcludeOutputQuantization": ["Conv"],
+            "CalibStridedMinMax": 1,  # one batch per collect_data call: bounded memory
         },
     )
-    onnx.checker.check_model(str(dst))
+
+
+def modelopt_python() -> Path:
+    if not MODELOPT_PYTHON.is_file():
+        raise ModelOptimizerMissing(
+            f"GPU variants need NVIDIA Model Optimizer's environment ({MODELOPT_PYTHON} missing): "
+            "run `make modelopt-env`, or set VIT_MODELOPT_PYTHON"
+        )
+    return MODELOPT_PYTHON
+
+
+def to_gpu_variants(jobs: list[tuple[str, Path, Path]], images: Path, method: str) -> None:
+    """(precision, src, dst) jobs, run by build.gpu_precision in Model Optimizer's environment
+    (one process); its progress lines are relayed, its one-line error becomes VariantError."""
+    cmd = [str(modelopt_python()), "-m", "build.gpu_precision", "--images", str(images)]
+    cmd += ["--method", GPU_CALIBRATION_METHOD[method]]
+    cmd += [f"{p}:{src}:{dst}" for p, src, dst in jobs]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    tail: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = [*tail[-19:], line]
+            if line.startswith("written: "):
+                log.info("%s (Model Optimizer)", line.removeprefix("written: "))
+            elif " gpu int8 calibration " in line:
+                log.info("%s", line.split(" ", 1)[1])  # without the child's timestamp
+    missing = [str(dst) for _, _, dst in jobs if not dst.is_file()]
+    if proc.returncode != 0 or missing:
+        errors = [t.removeprefix("error: ") for t in tail if t.startswith("error: ")]
+        raise VariantError(f"gpu variant failed: {errors[-1] if errors else tail[-1:]}")
+
+
+def write_images(images: np.ndarray, path: Path) -> Path:
+    """Calibration images for the Model Optimizer process (it memory-maps them)."""
+    np.save(path, np.ascontiguousarray(images), allow_pickle=False)
+    return path

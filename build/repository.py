@@ -4,9 +4,12 @@
     model.json            preprocessing, token layout, labels (read by the gateway); written last
     source/               the offline default's trained weights (for reference checks)
     build_report.json     every check of the build (see README)
-    onnx/                 verified ONNX: {classify,explain}_{fp32,fp16,int8}.onnx
+    onnx/                 verified ONNX: {classify,explain}_{fp32,fp16,int8}.onnx (fp32 for both
+                          targets; fp16/int8 made for OpenVINO)
+    onnx/gpu/             {classify,explain}_{fp16,int8}.onnx made for TensorRT (Model Optimizer)
     cpu/<model>/          python backend running the ONNX with OpenVINO or ONNX Runtime
-    gpu/<model>/          tensorrt_plan; 1/model.plan is built on a GPU host (make engines)
+    gpu/<model>/          tensorrt_plan; 1/model.plan is built from gpu_onnx_path() on a GPU host
+                          (make engines), with 1/model.plan.json saying from what and how
 
 Model names are vit_<task>_<precision>. config.pbtxt files are reviewed code, tracked in git;
 everything else here is a build output.
@@ -53,6 +56,13 @@ def model_name(task: str, precision: str) -> str:
 
 def onnx_path(repository: Path, task: str, precision: str) -> Path:
     return repository / "onnx" / f"{task}_{precision}.onnx"
+
+
+def gpu_onnx_path(repository: Path, task: str, precision: str) -> Path:
+    """The ONNX a gpu model's engine is built from: fp32 is shared with the cpu target."""
+    if precision == "fp32":
+        return onnx_path(repository, task, precision)
+    return repository / "onnx" / "gpu" / f"{task}_{precision}.onnx"
 
 
 def _dims(values: tuple[int, ...] | list[int]) -> str:

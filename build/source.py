@@ -151,26 +151,66 @@ def preprocess_files(paths: list[Path], pre: Preprocessing) -> np.ndarray:
     return out
 
 
-def image_folder(folder: Path, pre: Preprocessing, labelled: bool, labels: list[str]) -> Images:
-    """Images under folder; with labelled=True, sub-folders name the class (index or label)."""
+def imagenet_synsets(num_classes: int) -> list[str] | None:
+    """WordNet synset ids (n01440764, ...) in class-index order when the classifier is an ImageNet
+    one (timm's ImageNetInfo), so evaluation folders named the ImageNet way resolve."""
+    from timm.data import ImageNetInfo
+
+    subsets = {
+        1000: "imagenet-1k",
+        11821: "imagenet-12k",
+        21841: "imagenet-22k",
+        21843: "imagenet-21k-goog",
+    }
+    if num_classes not in subsets:
+        return None
+    info = ImageNetInfo(subsets[num_classes])
+    return [info.index_to_label_name(i) for i in range(num_classes)]
+
+
+def _class_index(folder: str, labels: list[str], synsets: list[str] | None) -> int | None:
+    if folder.isdigit() and int(folder) < len(labels):
+        return int(folder)
+    for names in (labels, synsets or []):
+        if folder in names:
+            return names.index(folder)
+    return None
+
+
+def image_folder(
+    folder: Path,
+    pre: Preprocessing,
+    labelled: bool,
+    labels: list[str],
+    limit: int | None = None,
+    seed: int = 0,
+) -> Images:
+    """Images under folder; with labelled=True, sub-folders name the class: its index, its label,
+    or its ImageNet synset id. With more images than `limit`, a seeded random sample of `limit`
+    (sorted class folders would otherwise leave whole classes out)."""
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a directory")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    description = str(folder)
+    if limit is not None and len(paths) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
+        description = f"{folder} (random {limit} of {len(paths)})"
+        paths = [paths[i] for i in keep]
     targets = None
     if labelled:
-        index = {label: i for i, label in enumerate(labels)}
+        synsets = imagenet_synsets(len(labels))
         targets = np.empty(len(paths), dtype=np.int64)
         for i, path in enumerate(paths):
-            cls = path.parent.name
-            if cls.isdigit() and int(cls) < len(labels):
-                targets[i] = int(cls)
-            elif cls in index:
-                targets[i] = index[cls]
-            else:
-                raise SourceError(f"{path}: folder {cls!r} is neither a class index nor a label")
-    return Images(preprocess_files(paths, pre), targets, str(folder))
+            index = _class_index(path.parent.name, labels, synsets)
+            if index is None:
+                raise SourceError(
+                    f"{path}: folder {path.parent.name!r} is neither a class index, a label "
+                    "nor an ImageNet synset id of this model"
+                )
+            targets[i] = index
+    return Images(preprocess_files(paths, pre), targets, description)
 
 
 def digits_stand_in(pre: Preprocessing, count: int = 512) -> Images:

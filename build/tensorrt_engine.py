@@ -1,14 +1,24 @@
-"""TensorRT engines for the gpu target, built from the verified FP16/INT8/FP32 ONNX.
+"""TensorRT engines for the gpu target (make engines), built and verified on the GPU host.
 
-TensorRT 11 has no precision flags or calibrators: the network is strongly typed, so each engine
-runs exactly the precision written into its ONNX (FP16 casts, INT8 Q/DQ). One optimisation profile
-spans batch 1 to the config's max_batch_size. Engines only run on the TensorRT version and GPU
-model that built them, so the version is recorded beside each plan (model.plan.json); build them
-in nvcr.io/nvidia/tensorrt:<YY.MM>-py3 with the same YY.MM as the Triton image (make engines, or
-the compose profile "engines").
+Runs inside nvcr.io/nvidia/tensorrt:<YY.MM>-py3, the same YY.MM as the Triton image (compose
+service `engines`; engines only load on the TensorRT version that built them). For every gpu model
+the repository holds (gpu/vit_<task>_<precision>/config.pbtxt, so exactly the precisions
+`make repo` built) it builds 1/model.plan from that model's ONNX (repository.gpu_onnx_path), then
+runs the engine on the held-out images and compares it with ONNX Runtime (build/engine_check.py).
 
-Usage: python -m build.tensorrt_engine [--repository model_repository] [--precisions fp16,int8]
-Without TensorRT or a GPU this prints one line and exits 2.
+* TensorRT 11 has no precision flags: networks are strongly typed and run the precision written
+  in the ONNX (Model Optimizer's FP16/INT8 graphs); on 10.x STRONGLY_TYPED is set explicitly.
+* One optimisation profile from batch 1 to the config's max_batch_size; one timing cache shared by
+  every build (engines/timing.cache), so later builds skip the tactic timing already done.
+* Each plan gets model.plan.json: TensorRT version, GPU name and compute capability, the ONNX's
+  sha256, the verification numbers. A plan whose record names another TensorRT, GPU or ONNX is
+  refused and rebuilt; a plan that fails verification is removed (kept as model.plan.refused).
+* Every model is attempted; failures are named together at the end. The results go into
+  build_report.json ("engines"). Exit 0 only when every gpu model has a verified engine, so
+  compose starts Triton only then.
+
+Usage: python3 -m build.tensorrt_engine [--repository model_repository] [--workspace-gib 4]
+Exit codes: 0 all engines verified; 2 no GPU/TensorRT or no repository; 3 an engine failed.
 """
 
 from __future__ import annotations
@@ -17,37 +27,54 @@ import argparse
 import datetime
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from build import engine_check
 from build.contract import ModelContract
 from build.names import INPUT_NAME
-from build.repository import PRECISIONS, TARGET_SETTINGS, TASKS, model_name, onnx_path
+from build.repository import PRECISIONS, TARGET_SETTINGS, TASKS, gpu_onnx_path
+
+TIMING_CACHE = Path("engines") / "timing.cache"
 
 
 class EngineBuildError(Exception):
     pass
 
 
-def _gpu_name() -> str:
+def gpu_identity() -> dict:
+    """Name, compute capability and driver of GPU 0, from nvidia-smi."""
     if shutil.which("nvidia-smi") is None:
         raise EngineBuildError("no NVIDIA GPU visible (nvidia-smi not found)")
     probe = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+        ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
         capture_output=True,
         text=True,
         check=False,
     )
     if probe.returncode != 0 or not probe.stdout.strip():
         raise EngineBuildError("no NVIDIA GPU visible (nvidia-smi found no device)")
-    return probe.stdout.strip().splitlines()[0]
+    name, capability, driver = (f.strip() for f in probe.stdout.splitlines()[0].split(","))
+    return {"name": name, "compute_capability": capability, "driver": driver}
+
+
+def gpu_models(repository: Path) -> list[tuple[str, str, str]]:
+    """(model name, task, precision) for every gpu model config the repository holds."""
+    found = []
+    for config in sorted((repository / "gpu").glob("vit_*/config.pbtxt")):
+        match = re.fullmatch(r"vit_([a-z]+)_([a-z0-9]+)", config.parent.name)
+        if match and match[1] in TASKS and match[2] in PRECISIONS:
+            found.append((config.parent.name, match[1], match[2]))
+    return found
 
 
 def build_engine(
-    onnx_file: Path, plan_file: Path, chw: tuple[int, int, int], max_batch: int, workspace_gib: int
-) -> dict:
+    onnx_file: Path, chw: tuple[int, ...], max_batch: int, workspace_gib: int, cache_file: Path
+) -> bytes:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -60,9 +87,11 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"{onnx_file.name}: ONNX parse failed: {errors}")
+        raise EngineBuildError(f"ONNX parse failed: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
     opt = max(1, max_batch // 4)
     profile.set_shape(INPUT_NAME, (1, *chw), (opt, *chw), (max_batch, *chw))
@@ -74,59 +103,123 @@ def build_engine(
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(f"{onnx_file.name}: TensorRT could not build an engine")
-    plan_file.parent.mkdir(parents=True, exist_ok=True)
-    plan_file.write_bytes(bytes(serialized))
-    return {
-        "tensorrt_version": trt.__version__,
-        "profile": {"min": 1, "opt": opt, "max": max_batch},
-        "onnx_sha256": hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
-        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+        raise EngineBuildError("TensorRT could not build an engine (see the log above)")
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    tmp.replace(cache_file)
+    return bytes(serialized)
 
 
-def build_all(repository: Path, precisions: tuple[str, ...], workspace_gib: int) -> None:
+def _record_matches(meta_file: Path, expected: dict) -> bool:
+    if not meta_file.is_file():
+        return False
+    meta = json.loads(meta_file.read_text())
+    return all(meta.get(k) == v for k, v in expected.items())
+
+
+def build_and_verify(repository: Path, workspace_gib: int) -> dict:
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt as trt
     except ImportError as exc:
         raise EngineBuildError(
             "TensorRT is not installed: build engines inside nvcr.io/nvidia/tensorrt:<YY.MM>-py3 "
-            "matching the Triton image (make engines)"
+            "with the Triton image's YY.MM (docker compose run --rm engines)"
         ) from exc
-    gpu = _gpu_name()
+    gpu = gpu_identity()
+    models = gpu_models(repository)
+    if not models:
+        raise EngineBuildError(f"{repository}/gpu holds no vit_* model configs")
+    reference_file = repository / engine_check.REFERENCE_FILE
+    if not reference_file.is_file():
+        raise EngineBuildError(f"{reference_file} missing: rebuild the repository (make repo)")
+    import numpy as np
+
+    reference = np.load(reference_file)
     contract = ModelContract.read(repository / "model.json")
     chw = (3, *contract.preprocessing.input_size)
     max_batch = TARGET_SETTINGS["gpu"].max_batch_size
-    for task in TASKS:
-        for precision in precisions:
-            name = model_name(task, precision)
-            plan = repository / "gpu" / name / "1" / "model.plan"
-            print(f"building {name} on {gpu} ...", flush=True)
-            meta = build_engine(
-                onnx_path(repository, task, precision), plan, chw, max_batch, workspace_gib
+    cache_file = repository / TIMING_CACHE
+    results: dict = {}
+    for index, (name, task, precision) in enumerate(models, 1):
+        onnx_file = gpu_onnx_path(repository, task, precision)
+        plan_file = repository / "gpu" / name / "1" / "model.plan"
+        meta_file = plan_file.with_suffix(".plan.json")
+        expected = {
+            "tensorrt_version": trt.__version__,
+            "gpu": gpu,
+            "onnx_sha256": hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
+            "profile": {"min": 1, "opt": max(1, max_batch // 4), "max": max_batch},
+        }
+        started = time.perf_counter()
+        entry: dict = {"onnx": str(onnx_file.relative_to(repository))}
+        try:
+            if plan_file.is_file() and _record_matches(meta_file, expected):
+                print(f"[{index}/{len(models)}] {name}: plan up to date, verifying", flush=True)
+                plan = plan_file.read_bytes()
+                entry["status"] = "up-to-date"
+            else:
+                print(f"[{index}/{len(models)}] {name}: building on {gpu['name']}", flush=True)
+                plan_file.unlink(missing_ok=True)  # a plan from another TensorRT/GPU/ONNX
+                plan = build_engine(onnx_file, chw, max_batch, workspace_gib, cache_file)
+                entry["status"] = "built"
+            entry["verification"] = engine_check.verify_engine(
+                plan, reference, task, precision, max_batch
             )
-            meta["gpu"] = gpu
-            plan.with_suffix(".plan.json").write_text(json.dumps(meta, indent=2) + "\n")
-            print(f"built {plan} (TensorRT {meta['tensorrt_version']})", flush=True)
+            if not entry["verification"]["passed"]:
+                failed = "; ".join(entry["verification"]["failures"])
+                raise EngineBuildError(f"verification failed: {failed}")
+            plan_file.parent.mkdir(parents=True, exist_ok=True)
+            plan_file.write_bytes(plan)
+            built_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            record = {**expected, "built_at": built_at, "verification": entry["verification"]}
+            meta_file.write_text(json.dumps(record, indent=2) + "\n")
+        except Exception as exc:  # one model's failure must not hide the others
+            entry["status"] = "failed"
+            entry["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if plan_file.is_file():
+                plan_file.replace(plan_file.with_suffix(".plan.refused"))
+            meta_file.unlink(missing_ok=True)
+            print(f"[{index}/{len(models)}] {name}: FAILED: {entry['error']}", flush=True)
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        results[name] = entry
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu": gpu,
+        "timing_cache": str(TIMING_CACHE),
+        "models": results,
+    }
+
+
+def write_report(repository: Path, engines: dict) -> None:
+    path = repository / "build_report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report["engines"] = engines
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--workspace-gib", type=int, default=4)
     args = parser.parse_args(argv)
-    precisions = tuple(p for p in args.precisions.split(",") if p)
-    unknown = set(precisions) - set(PRECISIONS)
     try:
-        if unknown:
-            raise EngineBuildError(f"unknown precision(s) {sorted(unknown)}; choose {PRECISIONS}")
         if not (args.repository / "model.json").is_file():
             raise EngineBuildError(f"{args.repository}/model.json missing: run make repo first")
-        build_all(args.repository, precisions, args.workspace_gib)
+        engines = build_and_verify(args.repository, args.workspace_gib)
     except EngineBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    write_report(args.repository, engines)
+    failed = [
+        f"{n} ({e['error']})" for n, e in engines["models"].items() if e["status"] == "failed"
+    ]
+    if failed:
+        print(f"error: {len(failed)} engine(s) failed: " + "; ".join(failed), file=sys.stderr)
+        return 3
+    print(f"all {len(engines['models'])} engines built and verified", flush=True)
     return 0
 
 

@@ -8,6 +8,8 @@ and at batch > 1 with a different ratio per image (Triton batches requests with 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -16,6 +18,7 @@ from build.contract import TokenLayout
 from build.graphs import HEAD_FUSIONS, LOGITS, ClassifyGraph
 from build.runtimes import Runner
 
+log = logging.getLogger(__name__)
 LOGITS_TOLERANCE = 1e-4
 ROLLOUT_RELATIVE_TOLERANCE = 1e-4
 # With discard_ratio > 0 an image is compared only where every layer's selection is determinate:
@@ -33,11 +36,18 @@ class VerificationError(Exception):
     """A check outside its bound: the build stops with this message."""
 
 
-def run_batched(runner: Runner, images: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
+def run_batched(
+    runner: Runner, images: np.ndarray, max_batch: int, progress: str = ""
+) -> dict[str, np.ndarray]:
+    """All images through the runner in batches; with `progress`, a log line every ~25%."""
     parts: dict[str, list[np.ndarray]] = {}
+    step = max(max_batch, -(-len(images) // 4 // max_batch) * max_batch)
     for i in range(0, len(images), max_batch):
         for name, value in runner.run(images[i : i + max_batch]).items():
             parts.setdefault(name, []).append(value)
+        done = min(i + max_batch, len(images))
+        if progress and len(images) >= 512 and (done % step == 0 or done == len(images)):
+            log.info("evaluate: %s %d/%d", progress, done, len(images))
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 

@@ -9,15 +9,18 @@ import pytest
 from build import verify
 from build.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
 
+RUNTIMES = ("onnxruntime", "openvino", "gpu_graph_onnxruntime")
+
 
 @pytest.fixture(scope="module")
 def report(repository):
     return json.loads((repository / "build_report.json").read_text())
 
 
-def test_fp32_heldout_accuracy_and_training_time(report):
+def test_fp32_heldout_accuracy_and_training_seconds_reported(report):
+    # Training time is recorded, not asserted: speed is shown by benchmarks, never by timed tests.
     assert report["training"]["heldout_images"] == 360
-    assert report["training"]["seconds"] <= 180  # 2 minutes on 2 idle cores; CI margin
+    assert report["training"]["seconds"] > 0
     for runtime in ("onnxruntime", "openvino"):
         assert report["variants"]["fp32"][runtime]["classify"]["accuracy"] >= 0.95
 
@@ -40,8 +43,11 @@ def test_parity_within_bounds_for_every_runtime_and_batch(report):
     ("precision", "limit"), [("int8", INT8_MAX_DROP_POINTS), ("fp16", FP16_FLAG_DROP_POINTS)]
 )
 def test_precision_drop_within_gate(report, precision, limit):
+    """Every runtime that serves a variant is gated: the CPU graphs on ONNX Runtime and OpenVINO,
+    the GPU (TensorRT) graphs on ONNX Runtime's CPU provider."""
     assert report["gates"][precision]["status"] == "passed"
-    for runtime in ("onnxruntime", "openvino"):
+    assert set(report["gates"][precision]["drop_points"]) == set(RUNTIMES)
+    for runtime in RUNTIMES:
         base = report["variants"]["fp32"][runtime]["classify"]["accuracy"]
         got = report["variants"][precision][runtime]["classify"]["accuracy"]
         assert 100 * (base - got) <= limit
@@ -70,3 +76,21 @@ def test_discard_ratio_parity_is_recorded_for_each_runtime_ratio_and_batch(repor
 def test_report_names_calibration_and_versions(report):
     assert report["data"]["calibration"]["images"] >= 500
     assert set(report["versions"]) >= {"torch", "timm", "onnx", "onnxruntime", "openvino"}
+
+
+def test_each_logit_set_is_computed_once_and_explain_on_a_capped_slice(report):
+    heldout = report["data"]["evaluation"]["images"]
+    for precision, per_runtime in report["variants"].items():
+        for runtime in RUNTIMES:
+            entry = per_runtime[runtime]
+            assert entry["explain"]["images"] == min(heldout, 128), (precision, runtime)
+    assert report["variants"]["fp32"]["gpu_graph_onnxruntime"]["same_graph_as"] == "onnxruntime"
+
+
+def test_report_names_the_gpu_variant_tool_and_versions(report):
+    gpu = report["gpu_variants"]
+    assert gpu["versions"]["nvidia-modelopt"] == "0.47.0"
+    assert gpu["calibration_method"] == "max"  # --calibration-method minmax
+    assert set(gpu["onnx"]) == {
+        f"{t}_{p}" for t in ("classify", "explain") for p in ("fp16", "int8")
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,24 @@ def test_too_few_calibration_images_for_int8(tmp_path):
     )
     assert proc.returncode == 2
     assert "INT8 needs >= 500 calibration images" in proc.stderr
+
+
+def test_bad_eval_limit_is_refused_before_any_work(tmp_path):
+    proc = run_build("--eval-limit", "0", out=tmp_path / "repo")
+    assert proc.returncode == 2 and "--eval-limit must be >= 1" in proc.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_model_optimizer_environment_is_one_line_before_training(tmp_path):
+    env = {**os.environ, "VIT_MODELOPT_PYTHON": str(tmp_path / "no-venv" / "python")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "build.cli", "--out", str(tmp_path / "repo")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("missing): run `make modelopt-env`, or set VIT_MODELOPT_PYTHON")
+    )
+    assert "training" not in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""The FP16 and INT8 graphs hold the precision the build promises (real ONNX graphs)."""
+"""The CPU (OpenVINO) FP16 and INT8 graphs hold the precision the build promises (real ONNX
+graphs). The GPU graphs have their own rules: test_gpu_precision.py."""
 
 from __future__ import annotations
 
@@ -36,14 +37,28 @@ def test_int8_is_symmetric_per_channel_qdq(graphs):
 
 
 def test_int8_keeps_float_where_vit_needs_it(graphs):
+    """Every input of Softmax, LayerNorm, GELU's Erf, the rollout's reductions and the residual
+    Adds is float; only weight layers and the bias Adds right after them see Q/DQ."""
     model = graphs["int8"]
     producers = _producers(model)
+    inits = {i.name for i in model.graph.initializer}
+
+    def dequantized(name):
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
     for node in model.graph.node:
-        if node.op_type in ("Softmax", "LayerNormalization", "Erf", "Add", "Div", "ReduceMax"):
-            assert all(
-                producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
-                for i in node.input[:1]
-            ), f"{node.name} reads a dequantized tensor"
+        reads_dq = [i for i in node.input if dequantized(i)]
+        if node.op_type in ("Softmax", "LayerNormalization", "Erf", "Div", "ReduceMax"):
+            assert not reads_dq, f"{node.name} reads a dequantized tensor"
+        if node.op_type == "Add" and not inits.intersection(node.input):  # residual Adds
+            assert not reads_dq, f"{node.name} reads a dequantized tensor"
+    # The CPU recipe quantizes weight-layer outputs too (what OpenVINO ran fastest), except the
+    # patch-embedding Conv's (an OpenVINO 2026.4 bias bug): checked here, not assumed.
+    consumers = {i: n.op_type for n in model.graph.node for i in n.input}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv") and dequantized(node.input[0]):
+            quantized_out = consumers.get(node.output[0]) == "QuantizeLinear"
+            assert quantized_out == (node.op_type != "Conv"), node.name
     _, attention = weight_matmuls(graphs["fp32"])
     names = {n.name for n in model.graph.node}
     for name in attention:  # attention and rollout matmuls: both inputs float
