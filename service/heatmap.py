@@ -35,18 +35,6 @@ def display_copy(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
-def overlay_png(
-    display: Image.Image,
-    original_size: tuple[int, int],
-    grid01: np.ndarray,
-    box: CropBox,
-    colormap: str,
-    alpha: float,
-    max_side: int,
-) -> bytes:
-    return overlay_encoded("png", display, original_size, grid01, box, colormap, alpha, max_side)
-
-
 def overlay_encoded(
     image_format: str,
     display: Image.Image,

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from service.colormaps import lut
-from service.heatmap import normalise, overlay_png
+from service.heatmap import normalise, overlay_encoded
 from service.preprocess import CropBox
 
 
@@ -21,7 +21,7 @@ def test_normalise_spans_zero_to_one_and_handles_constant_grids():
 
 def render(grid: np.ndarray, box: CropBox, size=(120, 80), alpha=1.0, max_side=4096) -> np.ndarray:
     image = Image.new("RGB", size, (100, 100, 100))
-    png = overlay_png(image, size, grid, box, "inferno", alpha, max_side)
+    png = overlay_encoded("png", image, size, grid, box, "inferno", alpha, max_side)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
