@@ -224,9 +224,13 @@ def prometheus(gateway, triton, tmp_path_factory) -> Iterator[str]:
                 for path in ("/classify", "/explain"):
                     assert http.post(path, files=[("file", ("a.png", image))]).is_success
                 http.post("/classify", files=[("file", ("a.png", b"not an image"))])
-                up = query(url, "sum(up)")
-                if up and float(up[0]["value"][1]) == 2 and scraped_for(url, 4):
-                    break
+                assert process.poll() is None, (work / "prometheus.log").read_text()[-3000:]
+                try:
+                    up = query(url, "sum(up)")
+                    if up and float(up[0]["value"][1]) == 2 and scraped_for(url, 4):
+                        break
+                except httpx.TransportError:
+                    pass  # Prometheus is still starting: not listening yet
                 time.sleep(0.5)
             else:
                 pytest.fail(f"Prometheus did not scrape both targets: {url}")
