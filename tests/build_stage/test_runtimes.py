@@ -1,0 +1,38 @@
+"""The CPU runners Triton's python backend uses (build/runtimes.py), on the default repository's
+real ONNX graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from build import runtimes
+
+
+@pytest.fixture(scope="module")
+def openvino_classify(repository):
+    return runtimes.create_runner(
+        "openvino", str(repository / "onnx" / "classify_fp32.onnx"), 2, "f32", 16
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "parts"),
+    [(1, [1]), (3, [2, 1]), (5, [4, 1]), (7, [4, 2, 1]), (8, [8]), (15, [8, 4, 2, 1]), (16, [16])],
+)
+def test_a_batch_runs_as_the_largest_buckets_that_fit_never_padded(openvino_classify, n, parts):
+    assert openvino_classify.split(n) == parts
+
+
+def test_a_split_batch_answers_each_image_as_if_alone(openvino_classify, heldout, contract):
+    images = heldout.images[:7]
+    batch = openvino_classify.run(images)["logits"]
+    alone = np.concatenate([openvino_classify.run(images[i : i + 1])["logits"] for i in range(7)])
+    assert batch.shape == (7, len(contract.labels))
+    np.testing.assert_allclose(batch, alone, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(batch[0], batch[1])  # seven different answers, not one repeated
+
+
+def test_a_batch_over_max_batch_size_is_refused(openvino_classify):
+    with pytest.raises(ValueError, match="exceeds max_batch_size 16"):
+        openvino_classify.run(np.zeros((17, 3, 32, 32), np.uint8))
