@@ -98,6 +98,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("model_repository"))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    p.add_argument(
+        "--cpu-instances",
+        type=int,
+        default=0,
+        help="Triton instances per cpu model, each on an equal share of the cores (0 = one per "
+        "core: best throughput; fewer = lower latency of a lone request on many cores)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -309,7 +316,7 @@ def build(args: argparse.Namespace) -> dict:
         evaluate.write_engine_reference(stage, loaded.heldout, gpu_outputs)
         samples = loaded.heldout.images[: visual_report.SAMPLES]
         report["visual_report"] = visual_report.write(stage, report, samples, contract.labels).name
-        written = repository.write(stage, contract, precisions)
+        written = repository.write(stage, contract, precisions, args.cpu_instances or None)
         report["repository"] = {"path": str(out), "models": written}
         report["seconds"] = round(time.perf_counter() - started, 1)
         _write_report(stage, report)

@@ -2,7 +2,8 @@
 Runtime. Copied by the build to <model>/1/model.py beside runtimes.py and model.onnx.
 
 Everything model-specific comes from config.pbtxt: tensor names and dtypes, max_batch_size, and the
-parameters runtime, precision_hint and num_threads ("0" = every core this process may use). Explain
+parameters runtime, precision_hint and num_threads ("0" = an equal share of the cores this process
+may use among the model's instances: one thread each when there is an instance per core). Explain
 models have a second input, discard_ratio (FP32 [1] per image), passed on to the graph.
 """
 
@@ -14,7 +15,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from runtimes import DISCARD_RATIO, create_runner  # found beside this file, after the path insert
+# runtimes.py is found beside this file, after the path insert
+from runtimes import DISCARD_RATIO, create_runner, default_threads
 
 
 class TritonPythonModel:
@@ -31,10 +33,15 @@ class TritonPythonModel:
         self.runner = create_runner(
             params.get("runtime", "openvino"),
             os.path.join(version_dir, "model.onnx"),
-            threads=int(params.get("num_threads", "0")),
+            threads=int(params.get("num_threads", "0")) or self._share_of_cores(config),
             precision=params.get("precision_hint", ""),
             max_batch=int(config["max_batch_size"]),
         )
+
+    @staticmethod
+    def _share_of_cores(config):
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        return max(1, default_threads() // instances)
 
     def _ratios(self, request):
         """The request's discard ratios, or an error message when one is outside [0, 1)."""

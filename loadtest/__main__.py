@@ -12,7 +12,6 @@ missed, 3 no verdict (the generator fell behind its schedule); 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import shlex
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from loadtest import corpus as corpora
 from loadtest import plots, report
-from loadtest.openloop import CLOSED_LOOP, RunResult, Target, passes, run, run_closed
+from loadtest.openloop import CLOSED_LOOP, RunResult, Target, passes, run, run_closed, run_sync
 from loadtest.sweep import GENERATOR_BOUND, Sweep, fixed_rates, search
 from loadtest.targets import Body, HttpTarget, TritonTarget
 from service.model_info import ModelMetadata
@@ -123,18 +122,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_at(rate: float) -> RunResult:
         print(f"  {target.name}: {rate:g} req/s for {args.duration:g}s ...", flush=True)
-        result = asyncio.run(run(target, rate, args.duration, args.arrival))
+        result = run_sync(run(target, rate, args.duration, args.arrival))
         print(f"  -> {report.one_line(result)}", flush=True)
         return result
 
     first = args.search or rates[0]
     if args.warmup > 0 and args.closed_loop is None:
         print(f"warm-up: {first:g} req/s for {args.warmup:g}s (not recorded)", flush=True)
-        asyncio.run(run(target, first, args.warmup, args.arrival, progress=False))
+        run_sync(run(target, first, args.warmup, args.arrival, progress=False))
     slo = args.slo if args.slo is not None else float("inf")
     if args.closed_loop is not None:
         print(f"CLOSED LOOP: {args.closed_loop} users for {args.duration:g}s", flush=True)
-        closed = asyncio.run(run_closed(target, args.closed_loop, args.duration))
+        closed = run_sync(run_closed(target, args.closed_loop, args.duration))
         print(f"  -> {report.one_line(closed)}", flush=True)
         sweep = Sweep(slo, [closed])
     elif args.search is not None:

@@ -21,7 +21,6 @@ and no network, into .run/bench-e2e/<model> with `python -m build.cli`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import shlex
 import subprocess
@@ -36,7 +35,7 @@ import numpy as np
 
 from loadtest import bench_report, model_alone, processes
 from loadtest import corpus as corpora
-from loadtest.openloop import RunResult, Target, run
+from loadtest.openloop import RunResult, Target, run, run_sync
 from loadtest.report import one_line
 from loadtest.sweep import nice, search
 from loadtest.targets import Body, HttpTarget, TritonTarget
@@ -149,7 +148,7 @@ class Bench:
     def run_at(
         self, target: Target, rate: float, seconds: float, progress: bool = True
     ) -> RunResult:
-        return asyncio.run(run(target, rate, seconds, self.args.arrival, progress=progress))
+        return run_sync(run(target, rate, seconds, self.args.arrival, progress=progress))
 
     def measure(
         self,

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loadtest import plots
+from loadtest import plots, processes
 from loadtest.sweep import MEASURED
 
 if TYPE_CHECKING:
@@ -146,7 +146,9 @@ def assemble(
         "versions": versions(),
         "method": {
             "generator": f"open loop, {args.arrival} arrivals, latency from the scheduled send "
-            "time; a run is invalid when > 1% of sends left > 10 ms late",
+            "time; a run is invalid when > 1% of sends left > 10 ms late; the servers run at "
+            f"nice +{processes.SERVER_NICENESS} so that the generator, standing in for remote "
+            "clients, keeps its schedule (its CPU time still counts against the machine)",
             "slo_p99_ms": args.slo_p99,
             "seconds_per_rate": args.seconds,
             "warmup_s": args.warmup,

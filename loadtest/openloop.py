@@ -16,13 +16,15 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+T = TypeVar("T")
 
 LATE_MS = 10.0
 MAX_LATE_FRACTION = 0.01
@@ -172,6 +174,17 @@ class _Recorder:
             timeline=timeline(self.starts, self.latencies_ms, duration_s),
             **extra,  # type: ignore[arg-type]
         )
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop when it is installed: less event-loop work per request, so the
+    generator keeps its schedule at higher rates on the cores it shares with the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
 
 
 async def run(

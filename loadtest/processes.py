@@ -25,6 +25,11 @@ from local_triton.serve import gateway_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The servers run this much nicer than the load generator. The generator stands in for clients
+# on other machines: sharing 2 cores with a saturated server, it fell behind its schedule before
+# the server did (runs marked invalid at 32 req/s while p99 was 300 ms). At +5 the servers still
+# get every cycle the generator does not use (it needs ~2 CPU-ms per request).
+SERVER_NICENESS = 10
 
 
 def free_port() -> int:
@@ -53,6 +58,26 @@ def cpu_seconds(pid: int) -> float:
         total += times.get(current, 0.0)
         stack.extend(children.get(current, []))
     return total
+
+
+def lower_priority(pid: int, niceness: int = SERVER_NICENESS) -> None:
+    """Set every thread of a process and of its descendants to `niceness` (Linux: nice is per
+    thread; threads and processes started later inherit it from their parent)."""
+    pids, stack = [], [pid]
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    while stack:
+        current = stack.pop()
+        pids.append(current)
+        stack.extend(parents.get(current, []))
+    for process in pids:
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
 
 
 @dataclass
@@ -88,6 +113,7 @@ def start_uvicorn(
             )
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                lower_priority(process.pid)
                 return Server(name, url, process)
         time.sleep(0.3)
     stop(Server(name, url, process))
@@ -143,7 +169,10 @@ def naive(repository: Path, log: IO[str]) -> Server:
 def triton(repository: Path, log: IO[str]) -> LocalTriton:
     """Started (ready) local Triton on the repository's cpu models; stop() it when done."""
     ports = Ports(free_port(), free_port(), free_port())
-    return LocalTriton(repository / "cpu", ports, log=log).start(ready_timeout_s=600)
+    triton = LocalTriton(repository / "cpu", ports, log=log).start(ready_timeout_s=600)
+    assert triton.process is not None  # started
+    lower_priority(triton.process.pid)  # its python-backend stubs included
+    return triton
 
 
 def triton_model_stats(http_port: int, model: str) -> dict[str, float]:

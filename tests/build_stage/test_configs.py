@@ -117,7 +117,7 @@ def test_tracked_configs_are_what_a_fresh_build_writes(repository, contract, tmp
     """The committed config.pbtxt files and the build cannot drift apart unnoticed: the build's
     writer runs into an empty folder and every file it writes must equal the committed one."""
     (tmp_path / "onnx").symlink_to(repository.resolve() / "onnx")  # the writer links them
-    repository_write(tmp_path, contract, PRECISIONS)
+    repository_write(tmp_path, contract, PRECISIONS, cpu_instances=2)  # committed: 2 cores
     fresh = {
         f"model_repository/{p.relative_to(tmp_path)}": p.read_text()
         for p in sorted(tmp_path.glob("*/*/config.pbtxt"))

@@ -69,7 +69,7 @@ def test_crop_box_maps_back_to_the_original():
 
 
 def test_jpeg_draft_decode_parity_is_measured():
-    """Draft (reduced-scale JPEG decode) trades a little parity for speed; it is off by default.
+    """Draft (reduced-scale JPEG decode, /classify's default) trades a little parity for speed.
     Measured here on 1024x768 photos for ViT-B/16 preprocessing (docs/gateway.md quotes it)."""
     spec = SPECS["224 crop 0.9 bicubic (ViT-B/16)"]
     diffs = []
