@@ -26,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from build import (
@@ -36,6 +37,7 @@ from build import (
     runtimes,
     source,
     staging,
+    tensorrt_ops,
     verify,
     visual_report,
 )
@@ -251,6 +253,8 @@ def export_and_verify_attribution(
     ov = runtimes.create_runner("openvino", str(path), threads, "f32", PARITY_IMAGES)
     return {
         "onnx_checker": "passed",
+        # The gpu target serves this same fp32 file: can TensorRT's ONNX parser take every op?
+        "tensorrt_parser_ops": tensorrt_ops.check(onnx.load(str(path))),
         "reference": "build/attribution_reference.py (Chefer et al. 2021, eager autograd)",
         "precisions_built": list(ATTRIBUTION_PRECISIONS),
         "precisions_not_built": ATTRIBUTION_NOT_BUILT,
