@@ -351,6 +351,7 @@ def build(args: argparse.Namespace) -> dict:
         if loaded.origin == source.OFFLINE_DEFAULT:
             (stage / "source").mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), stage / "source" / "digits_vit.pth")
+        gpu_outputs.update(evaluate.attribution_engine_reference(stage, loaded.heldout, threads))
         evaluate.write_engine_reference(stage, loaded.heldout, gpu_outputs)
         samples = loaded.heldout.images[: visual_report.SAMPLES]
         report["visual_report"] = visual_report.write(stage, report, samples, contract.labels).name
