@@ -16,6 +16,11 @@ ANY = FLOAT | {"INT32", "INT64"}
 SUPPORTED: dict[str, set[str]] = {
     **{op: ANY for op in ("Add", "ArgMax", "Div", "Max", "Min", "Mul", "Sub", "Range", "Neg")},
     **{op: ANY for op in ("Equal", "Less", "Greater", "ReduceMean", "ReduceSum")},
+    **{op: ANY for op in ("Abs", "Sign", "Relu", "Sum", "GreaterOrEqual", "LessOrEqual")},
+    **{op: ANY for op in ("ReduceMax", "ReduceMin", "ReduceL2", "Pad")},
+    "GatherElements": ANY | {"BOOL"},
+    "And": {"BOOL"},
+    "Or": {"BOOL"},
     **{op: ANY | {"BOOL"} for op in ("Concat", "ConstantOfShape", "Expand", "Gather", "Shape")},
     **{op: ANY | {"BOOL"} for op in ("Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze")},
     **{op: ANY | {"BOOL"} for op in ("Transpose", "Where", "Split", "Tile")},
@@ -24,8 +29,10 @@ SUPPORTED: dict[str, set[str]] = {
     "Not": {"BOOL"},
     **{op: FLOAT for op in ("Clip", "Conv", "Erf", "Exp", "Gemm", "LayerNormalization")},
     **{op: FLOAT for op in ("MatMul", "Softmax", "Sqrt", "Pow", "Tanh", "Sigmoid")},
+    **{op: FLOAT for op in ("Reciprocal", "Log", "Floor", "Ceil", "Sin", "Cos", "Einsum")},
 }
 AXES_FROM_INITIALIZER = {"ReduceMean": 1, "ReduceSum": 1, "Slice": 3, "Squeeze": 1, "Unsqueeze": 1}
+AXES_FROM_INITIALIZER |= {"ReduceMax": 1, "ReduceMin": 1, "ReduceL2": 1, "Pad": 3}
 
 
 def _types(model: onnx.ModelProto) -> dict[str, str]:
