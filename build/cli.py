@@ -267,7 +267,7 @@ def export_and_verify_attribution(
 ATTRIBUTION_NOT_BUILT = {
     "fp16": "not built: the fp16/int8 recipes (build/precision.py, build/gpu_precision.py) are "
     "made and gated for the forward graphs; a gradient map through them has no faithfulness "
-    "check yet, so fp32 is served for every precision's clients",
+    "check yet, so only vit_attribution_fp32 is written (both targets)",
     "int8": "not built: same reason as fp16 (quantized weights in the backward pass unchecked)",
 }
 
