@@ -25,6 +25,8 @@ SUPPORTED: dict[str, set[str]] = {
     **{op: ANY | {"BOOL"} for op in ("Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze")},
     **{op: ANY | {"BOOL"} for op in ("Transpose", "Where", "Split", "Tile")},
     "ScatterElements": ANY,  # reduction "none" in TensorRT core; "add" needs a plugin
+    "ScatterND": ANY,  # `reduction` not supported
+    "GatherND": ANY | {"BOOL"},
     "Cast": ANY | {"UINT8", "BOOL"},
     "Not": {"BOOL"},
     **{op: FLOAT for op in ("Clip", "Conv", "Erf", "Exp", "Gemm", "LayerNormalization")},
@@ -58,10 +60,10 @@ def check(model: onnx.ModelProto) -> dict:
         if node.op_type not in SUPPORTED:
             problems.add(f"{node.op_type}: not in TensorRT's supported operators")
             continue
-        if node.op_type == "ScatterElements":
+        if node.op_type in ("ScatterElements", "ScatterND"):
             reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "")
             if reduction not in ("", "none"):
-                problems.add(f"ScatterElements reduction={reduction}: plugin only")
+                problems.add(f"{node.op_type} reduction={reduction}: not in TensorRT core")
         dtype = types.get(node.input[0]) if node.input and node.input[0] else None
         if dtype and dtype not in SUPPORTED[node.op_type]:
             problems.add(f"{node.op_type} on {dtype}: not a supported type")

@@ -128,7 +128,7 @@ def test_the_parser_check_flags_what_tensorrt_cannot_take():
     problems = tensorrt_ops.check(helper.make_model(graph))["problems"]
     assert problems == [
         "NonMaxSuppression: not in TensorRT's supported operators",
-        "ScatterElements reduction=add: plugin only",
+        "ScatterElements reduction=add: not in TensorRT core",
         "Shape on UINT8: not a supported type",
     ]
 
