@@ -176,7 +176,7 @@ def accuracy_summary(
 def attribution_targets(batch: int, num_classes: int) -> dict[str, np.ndarray]:
     """The target sets every build checks, INT32 (batch, 1): every image's top-1, and a different
     class per image (top-1, first, last and others, so the map cannot be the top-1 one)."""
-    mixed = [-1, 0, num_classes - 1, 1, -1, 2, num_classes - 2, 3]
+    mixed = [0, -1, num_classes - 1, 1, -1, 2, num_classes - 2, 3]  # batch 1 gets class 0
     classes = [mixed[i % len(mixed)] for i in range(batch)]
     classes = [c if c < 0 else c % num_classes for c in classes]  # models with few classes
     return {
