@@ -1,11 +1,13 @@
 """Where the faithfulness benchmark gets its maps from, one interface for all of them:
 a MapSource turns uint8 NCHW images and one target class per image into (N, grid_h, grid_w) maps.
 
-* served_attribution: the exported attribution graph (onnx/attribution_<precision>.onnx) in
-  ONNX Runtime, i.e. what Triton serves; the measurement is of the served graph.
+* served_attribution: the exported attribution graph (onnx/attribution_fp32.onnx) on the runtime
+  the cpu target serves it with (OpenVINO f32; ONNX Runtime on request): the measurement is of
+  the served graph.
 * reference_attribution: the plain-PyTorch formula (build/attribution_reference.py), for use
   while no attribution graph has been built, or to compare the two.
-* rollout: the served explain graph's attention rollout (class-agnostic: targets are ignored).
+* rollout: the served explain graph's attention rollout (onnx/explain_fp32.onnx, OpenVINO f32;
+  class-agnostic: targets are ignored).
 * random_maps: uniform noise, the floor any map must beat.
 """
 
@@ -16,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from build import runtimes
 from build.contract import ModelContract
-from build.names import ATTRIBUTION, INPUT_NAME, TARGET_CLASS
-from build.repository import onnx_path
+from build.names import ATTRIBUTION
+from build.repository import ATTRIBUTION_CPU_RUNTIME, ATTRIBUTION_TASK, onnx_path
 
 MapSource = Callable[[np.ndarray, np.ndarray], np.ndarray]
-BATCH = 64
+BATCH = 16  # OpenVINO's largest compiled bucket here; ONNX Runtime takes any batch
 
 
 def _batched(fn: MapSource, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -31,28 +34,21 @@ def _batched(fn: MapSource, images: np.ndarray, targets: np.ndarray) -> np.ndarr
 
 
 def attribution_onnx(repository: Path, precision: str = "fp32") -> Path:
-    return onnx_path(repository, "attribution", precision)
+    return onnx_path(repository, ATTRIBUTION_TASK, precision)
 
 
-def served_attribution(repository: Path, precision: str = "fp32", threads: int = 0) -> MapSource:
-    import onnxruntime as ort
-
-    from build.runtimes import default_threads
-
-    path = attribution_onnx(repository, precision)
+def served_attribution(
+    repository: Path, runtime: str = ATTRIBUTION_CPU_RUNTIME, threads: int = 0
+) -> MapSource:
+    """The attribution graph on the runtime the cpu target serves it with (f32)."""
+    path = attribution_onnx(repository)
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: rebuild the repository (make repo)")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    runner = runtimes.create_runner(runtime, str(path), threads, "f32", BATCH)
 
     def maps(images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        feeds = {
-            INPUT_NAME: np.ascontiguousarray(images, np.uint8),
-            TARGET_CLASS: np.asarray(targets, np.int32).reshape(-1, 1),
-        }
-        return session.run([ATTRIBUTION], feeds)[0]
+        out = runner.run(np.ascontiguousarray(images), target_class=targets.reshape(-1, 1))
+        return out[ATTRIBUTION]
 
     return lambda images, targets: _batched(maps, images, targets)
 
@@ -86,10 +82,8 @@ def reference_attribution(repository: Path) -> MapSource:
 def rollout(
     repository: Path, fusion: str = "mean", discard_ratio: float = 0.0, threads: int = 0
 ) -> MapSource:
-    from build import runtimes
-
     path = onnx_path(repository, "explain", "fp32")
-    runner = runtimes.create_runner("onnxruntime", str(path), threads)
+    runner = runtimes.create_runner("openvino", str(path), threads, "f32", BATCH)
 
     def maps(images: np.ndarray, _targets: np.ndarray) -> np.ndarray:
         ratio = np.full((len(images), 1), discard_ratio, np.float32)
