@@ -50,6 +50,7 @@ RANDOM = "random"
 # The top-2 class deleted with the top-1 class's attribution map: if attribution is class-specific,
 # the top-2 class's own map must find its evidence faster than this one does.
 CROSS = "attribution of the top-1 class"
+METHODS = (ATTRIBUTION, *ROLLOUTS, RANDOM, CROSS)  # order of the tables and the plot
 
 
 def baseline_images(images: np.ndarray, name: str, patch_size: int) -> np.ndarray:
@@ -165,8 +166,9 @@ def run(
 
     start = time.perf_counter()
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
+    explain = map_sources.explain_runner(repository, threads)
     for method, (fusion, ratio) in ROLLOUTS.items():
-        rollout = map_sources.rollout(repository, fusion, ratio, threads)
+        rollout = map_sources.rollout(explain, fusion, ratio)
         for target, classes in targets.items():  # the graph has no class input: same maps
             maps[method, target] = [rollout(x, classes)]
     for target, classes in targets.items():
@@ -178,7 +180,13 @@ def run(
     log(f"maps computed in {time.perf_counter() - start:.1f}s")
 
     rows = []
-    jobs = [(m, t, b) for (m, t) in maps for b in BASELINES if t == "top-1" or b == MAIN_BASELINE]
+    jobs = [
+        (m, t, b)
+        for t in TARGETS
+        for m in METHODS
+        for b in BASELINES
+        if (m, t) in maps and (t == "top-1" or b == MAIN_BASELINE)
+    ]
     baselines = {b: baseline_images(x, b, layout.patch_size[0]) for b in BASELINES}
     aucs = {}
     for i, (method, target, baseline) in enumerate(jobs, 1):
@@ -240,7 +248,7 @@ def _cell(row: dict) -> str:
 
 def markdown(result: dict, plot_name: str) -> str:
     keyed = {(r["method"], r["target"], r["baseline"]): r for r in result["rows"]}
-    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    methods = [m for m in METHODS if any(r["method"] == m for r in result["rows"])]
     lines = [
         f"# Faithfulness of the explanation maps: {result['model']}",
         "",
@@ -253,7 +261,7 @@ def markdown(result: dict, plot_name: str) -> str:
         f"probabilities from {result['probabilities_from']}; random: mean of "
         f"{result['random_seeds']} seeds.",
         "",
-        f"Masked patches are grey ({result['baselines']['grey']}).",
+        f"Masked patches are grey: {result['baselines']['grey']}.",
         "",
         "| map | target: top-1 class | target: top-2 class |",
         "|---|---:|---:|",
@@ -269,7 +277,7 @@ def markdown(result: dict, plot_name: str) -> str:
         "| map | target | AUC - attribution's AUC |",
         "|---|---|---:|",
     ]
-    for p in result["paired"]:
+    for p in sorted(result["paired"], key=lambda p: (METHODS.index(p["method"]), p["target"])):
         lines.append(
             f"| {p['method']} | {p['target']} class | "
             f"{p['minus_attribution']:+.3f} ± {p['sem']:.3f} |"
@@ -315,15 +323,17 @@ def plot(result: dict, path: Path):
 
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(11, 4.5), dpi=110, sharey=False)
     for ax, target in zip(axes, TARGETS, strict=True):
-        for row in result["rows"]:
-            if row["target"] == target and row["baseline"] == MAIN_BASELINE:
-                ax.plot(
-                    result["fractions"],
-                    row["curve"],
-                    marker=".",
-                    label=f"{row['method']} (AUC {row['auc']:.3f})",
-                    linestyle="--" if row["method"] in (RANDOM, CROSS) else "-",
-                )
+        rows = [
+            r for r in result["rows"] if (r["target"], r["baseline"]) == (target, MAIN_BASELINE)
+        ]
+        for row in sorted(rows, key=lambda r: METHODS.index(r["method"])):
+            ax.plot(
+                result["fractions"],
+                row["curve"],
+                marker=".",
+                label=f"{row['method']} (AUC {row['auc']:.3f})",
+                linestyle="--" if row["method"] in (RANDOM, CROSS) else "-",
+            )
         ax.set(
             xlabel="fraction of patches masked, most relevant first",
             ylabel=f"probability of the {target} class",

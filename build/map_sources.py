@@ -79,12 +79,14 @@ def reference_attribution(repository: Path) -> MapSource:
     return maps
 
 
-def rollout(
-    repository: Path, fusion: str = "mean", discard_ratio: float = 0.0, threads: int = 0
-) -> MapSource:
+def explain_runner(repository: Path, threads: int = 0) -> runtimes.Runner:
+    """The explain graph as the cpu target serves it; one runner gives every rollout variant (it
+    outputs all head fusions and takes the discard ratio per image), so it compiles once."""
     path = onnx_path(repository, "explain", "fp32")
-    runner = runtimes.create_runner("openvino", str(path), threads, "f32", BATCH)
+    return runtimes.create_runner("openvino", str(path), threads, "f32", BATCH)
 
+
+def rollout(runner: runtimes.Runner, fusion: str = "mean", discard_ratio: float = 0.0) -> MapSource:
     def maps(images: np.ndarray, _targets: np.ndarray) -> np.ndarray:
         ratio = np.full((len(images), 1), discard_ratio, np.float32)
         return runner.run(np.ascontiguousarray(images), ratio)[f"rollout_{fusion}"]

@@ -28,7 +28,7 @@ def aucs(repository, heldout):
     top1, top2 = ranked[:, 0].copy(), ranked[:, 1].copy()
     served = map_sources.served_attribution(repository, threads=2)
     attribution_top1, attribution_top2 = served(x, top1), served(x, top2)
-    rollout = map_sources.rollout(repository, "mean", 0.0, 2)(x, top1)
+    rollout = map_sources.rollout(map_sources.explain_runner(repository, 2), "mean", 0.0)(x, top1)
     random = map_sources.random_maps(attribution_top1.shape[1:], seed=0)(x, top1)
     grey = faithfulness.baseline_images(x, "grey", 4)
 
