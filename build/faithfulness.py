@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,43 @@ def paired_differences(aucs: dict[tuple[str, str], np.ndarray]) -> list[dict]:
     return rows
 
 
+def collect_maps(
+    repository: Path,
+    x: np.ndarray,
+    targets: dict[str, np.ndarray],
+    attribution: map_sources.MapSource,
+    grid: tuple[int, int],
+    random_seeds: int,
+    threads: int,
+) -> dict[tuple[str, str], list[np.ndarray]]:
+    """(method, target) -> maps, one array per seed (one for every method but random)."""
+    maps: dict[tuple[str, str], list[np.ndarray]] = {}
+    explain = map_sources.explain_runner(repository, threads)
+    for method, (fusion, ratio) in ROLLOUTS.items():
+        rollout = map_sources.rollout(explain, fusion, ratio)
+        for target, classes in targets.items():  # the graph has no class input: same maps
+            maps[method, target] = [rollout(x, classes)]
+    for target, classes in targets.items():
+        maps[ATTRIBUTION, target] = [attribution(x, classes)]
+        maps[RANDOM, target] = [
+            map_sources.random_maps(grid, seed)(x, classes) for seed in range(random_seeds)
+        ]
+    maps[CROSS, "top-2"] = maps[ATTRIBUTION, "top-1"]
+    return maps
+
+
+def map_agreement(maps: dict[tuple[str, str], list[np.ndarray]]) -> dict:
+    """How alike each method's top-1 and top-2 maps are, mean over images."""
+    differ = {}
+    for method in (ATTRIBUTION, *ROLLOUTS):
+        a, b = maps[method, "top-1"][0], maps[method, "top-2"][0]
+        differ[method] = {
+            "rank_correlation": round(float(rank_correlation(a, b).mean()), 4) + 0.0,
+            "cosine_distance": round(float(cosine_distance(a, b).mean()), 4) + 0.0,
+        }
+    return differ
+
+
 def run(
     repository: Path,
     source: str = "auto",
@@ -145,14 +184,16 @@ def run(
     steps: int = 16,
     random_seeds: int = 3,
     threads: int = 0,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     from build import digits
 
     contract = ModelContract.read(repository / "model.json")
     if contract.origin != "offline-digits":
-        raise SystemExit(f"{repository} holds {contract.model_name}: this benchmark needs the "
-                         "offline digits model (its held-out split is the data)")  # fmt: skip
+        raise ValueError(
+            f"{repository} holds {contract.model_name}: this benchmark needs the offline digits "
+            "model (its held-out split is the data); build it with `make repo`"
+        )
     threads = threads or runtimes.default_threads()
     heldout = digits.load_splits()[1]
     count = images or len(heldout.labels)
@@ -165,18 +206,7 @@ def run(
     log(f"{count} held-out images, attribution from the {described}")
 
     start = time.perf_counter()
-    maps: dict[tuple[str, str], list[np.ndarray]] = {}
-    explain = map_sources.explain_runner(repository, threads)
-    for method, (fusion, ratio) in ROLLOUTS.items():
-        rollout = map_sources.rollout(explain, fusion, ratio)
-        for target, classes in targets.items():  # the graph has no class input: same maps
-            maps[method, target] = [rollout(x, classes)]
-    for target, classes in targets.items():
-        maps[ATTRIBUTION, target] = [attribution(x, classes)]
-        maps[RANDOM, target] = [
-            map_sources.random_maps(layout.grid, seed)(x, classes) for seed in range(random_seeds)
-        ]
-    maps[CROSS, "top-2"] = maps[ATTRIBUTION, "top-1"]
+    maps = collect_maps(repository, x, targets, attribution, layout.grid, random_seeds, threads)
     log(f"maps computed in {time.perf_counter() - start:.1f}s")
 
     rows = []
@@ -205,13 +235,6 @@ def run(
         rows.append(row)
         log(f"[{i}/{len(jobs)}] {method:32s} {target} class, {baseline:5s}: AUC {row['auc']:.4f}")
 
-    differ = {}
-    for method in (ATTRIBUTION, *ROLLOUTS):
-        a, b = maps[method, "top-1"][0], maps[method, "top-2"][0]
-        differ[method] = {
-            "rank_correlation": round(float(rank_correlation(a, b).mean()), 4) + 0.0,
-            "cosine_distance": round(float(cosine_distance(a, b).mean()), 4) + 0.0,
-        }
     return {
         "model": contract.model_name,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -231,7 +254,7 @@ def run(
         "fractions": [round(float(f), 4) for f in fractions],
         "rows": rows,
         "paired": paired_differences(aucs),
-        "maps_differ_between_classes": differ,
+        "maps_differ_between_classes": map_agreement(maps),
     }
 
 
@@ -366,9 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="faithfulness")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args(argv)
-    result = run(
-        args.repository, args.source, args.images, args.steps, args.random_seeds, args.threads
-    )
+    try:
+        result = run(
+            args.repository, args.source, args.images, args.steps, args.random_seeds, args.threads
+        )
+    except (FileNotFoundError, ValueError) as exc:  # no build, another model, no served graph
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / f"{args.name}.png")

@@ -104,3 +104,15 @@ def test_benchmark_writes_table_json_and_plot(repository, tmp_path, capsys):
     assert "![deletion curves](faithfulness.png)" in table
     assert (tmp_path / "faithfulness.png").stat().st_size > 10_000
     assert "[1/" in capsys.readouterr().out  # progress while it runs
+
+
+def test_benchmark_without_a_served_graph_says_so(repository, tmp_path, capsys):
+    """--source served on a repository whose build has no attribution graph: a message, exit 2."""
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "model.json").symlink_to(repository / "model.json")
+    for graph in ("classify_fp32.onnx", "explain_fp32.onnx"):
+        (tmp_path / "onnx" / graph).symlink_to(repository / "onnx" / graph)
+    argv = ["--repository", str(tmp_path), "--source", "served", "--images", "8"]
+    assert faithfulness.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "attribution_fp32.onnx missing: rebuild the repository" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
