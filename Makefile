@@ -12,8 +12,8 @@ PORT ?= 8080
 ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install repo serve triton test test-slow lint bench loadtest bench-e2e engines clean-repo \
-	check-deploy modelopt-env test-gpu
+.PHONY: help install repo serve triton test test-slow lint bench bench-faithfulness loadtest bench-e2e \
+	engines clean-repo check-deploy modelopt-env test-gpu
 
 help:
 	@echo "make serve   install, build the default model repository if absent, run Triton + gateway"
@@ -21,6 +21,7 @@ help:
 	@echo "make repo    (re)build the model repository; pass options with ARGS='--model ...'"
 	@echo "make triton  run only the local Triton on $(REPO)/cpu"
 	@echo "make bench   images/s per variant at batch 1 and 8 (docs/benchmarks/)"
+	@echo "make bench-faithfulness deletion test: attribution vs rollout vs random maps (docs/benchmarks/)"
 	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-p99 50')"
 	@echo "make bench-e2e capacity at a p99 SLO: naive server vs model alone vs Triton vs this stack"
 	@echo "make engines build and verify TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
@@ -76,6 +77,10 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(BUILT)
 	$(BIN)/python -m build.bench $(ARGS)
+
+# Deletion test of the explanation maps on the default (digits) model's held-out images.
+bench-faithfulness: $(STAMP) $(BUILT)
+	$(BIN)/python -m build.faithfulness $(ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest $(ARGS)
