@@ -107,6 +107,14 @@ def map_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> sch
     return case
 
 
+@schemathesis.hook
+def before_add_examples(context: schemathesis.HookContext, examples: list) -> None:
+    """The Examples phase runs no map_case (schemathesis 4.32): its cases, combined from the
+    schema's examples (e.g. method=rollout with target_class=3), get the same adjustments here."""
+    for case in examples:
+        map_case(context, case)
+
+
 SERVED_ATTRIBUTION = ("fp32",)  # precisions with an attribution model in the default repository
 
 
