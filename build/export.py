@@ -3,6 +3,12 @@
 The legacy exporter (dynamo=False) writes one self-contained file at opset 17 in a fraction of a
 second; the dynamo exporter in this torch writes external data and opset 18, which the rollout
 graph could not be down-converted from (see docs/build.md).
+
+The attribution graph is the exception: its backward pass (torch.autograd.grad) is something
+neither exporter traces. make_fx records forward and backward as plain aten ops, symbolically so
+the batch stays a symbol rather than a baked-in 2, and the dynamo exporter turns that graph into
+ONNX with a dynamic batch. It stays at opset 18 (the C API down-converter refuses the ReduceMean
+whose axes became an input), written as one self-contained file.
 """
 
 from __future__ import annotations
@@ -11,10 +17,20 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
-from build.graphs import DISCARD_RATIO, INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
+from build.graphs import (
+    ATTRIBUTION,
+    DISCARD_RATIO,
+    INPUT_NAME,
+    LOGITS,
+    ROLLOUT_OUTPUTS,
+    TARGET_CLASS,
+    AttributionGraph,
+)
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -44,3 +60,62 @@ def export(graph: torch.nn.Module, input_size: tuple[int, int], explain: bool, p
         )
     onnx.checker.check_model(str(path), full_check=True)
     log.info("exported %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
+
+
+ATTRIBUTION_OPSET = 18
+
+
+def export_attribution(graph: AttributionGraph, input_size: tuple[int, int], path: Path) -> None:
+    """Forward + backward as one ONNX graph: inputs image, target_class; outputs logits,
+    attribution; batch dynamic (traced at batch 2 so it cannot be specialised to 1)."""
+    from torch.export import Dim
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    image = torch.zeros((2, 3, *input_size), dtype=torch.uint8)
+    target = torch.full((2, 1), -1, dtype=torch.int32)
+    # The graph's weights are real tensors, not fake ones: allowed, they become constants.
+    traced = make_fx(graph.eval(), tracing_mode="symbolic", _allow_non_fake_inputs=True)(
+        image, target
+    )
+    batch = Dim("batch", min=1, max=4096)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            traced,
+            (image, target),
+            input_names=[INPUT_NAME, TARGET_CLASS],
+            output_names=[LOGITS, ATTRIBUTION],
+            dynamic_shapes=({0: batch}, {0: batch}),
+            opset_version=ATTRIBUTION_OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    assert program is not None
+    model = fold_weight_transposes(program.model_proto)
+    onnx.save(model, str(path))  # weights inline, like the other graphs
+    onnx.checker.check_model(str(path), full_check=True)
+    log.info("exported %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
+
+
+def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every Transpose of a weight with the transposed weight.
+
+    The backward pass reads each Linear weight transposed (MatMul(dY, Transpose(W))) while the
+    forward Gemm reads W itself. OpenVINO 2026.4 (CPU, f32) computes such a MatMul wrongly when
+    the Transpose's constant is shared with a Gemm: inputs identical to ONNX Runtime's, output
+    off by more than 100% (found node by node on vit_tiny). Stored pre-transposed, both
+    runtimes agree with PyTorch; the price is a second copy of those weights in the file."""
+    weights = {t.name: t for t in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Transpose" and node.input[0] in weights:
+            perm = next(list(a.ints) for a in node.attribute if a.name == "perm")
+            value = numpy_helper.to_array(weights[node.input[0]]).transpose(perm)
+            folded = numpy_helper.from_array(np.ascontiguousarray(value), node.output[0])
+            model.graph.initializer.append(folded)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model

@@ -2,6 +2,8 @@
 
 * ClassifyGraph: image -> logits (timm's fused attention stays on: fastest path).
 * ExplainGraph: image -> logits + attention rollout for each head fusion (mean, max, min).
+* AttributionGraph: image, target_class -> logits + Chefer et al.'s class-specific attribution
+  (a forward and a backward pass; exported via make_fx, see build/export.py).
 
 Rollout (Abnar & Zuidema 2020), as the build contract states it: per layer fuse the heads,
 discard the lowest `discard_ratio` of the fused matrix (vit-explain's meaning, build/discard.py;
@@ -19,14 +21,25 @@ from torch import nn
 
 from build.contract import Preprocessing, TokenLayout
 from build.discard import discard_count, discard_lowest
-from build.names import DISCARD_RATIO, HEAD_FUSIONS, INPUT_NAME, LOGITS, ROLLOUT_OUTPUTS
+from build.names import (
+    ATTRIBUTION,
+    DISCARD_RATIO,
+    HEAD_FUSIONS,
+    INPUT_NAME,
+    LOGITS,
+    ROLLOUT_OUTPUTS,
+    TARGET_CLASS,
+)
 
 __all__ = [
+    "ATTRIBUTION",
     "DISCARD_RATIO",
     "HEAD_FUSIONS",
     "INPUT_NAME",
     "LOGITS",
     "ROLLOUT_OUTPUTS",
+    "TARGET_CLASS",
+    "AttributionGraph",
     "ClassifyGraph",
     "ExplainGraph",
 ]
@@ -136,3 +149,66 @@ class ExplainGraph(nn.Module):
             )
         maps = self._rollout(attentions, discard_ratio)
         return (logits, *maps.unbind(dim=1))
+
+
+def query_row(relevance: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, T, T) -> (B, grid_h, grid_w): the CLS row, or the mean of the patch rows, over the
+    patch tokens (rollout's reading)."""
+    prefix = layout.num_prefix_tokens
+    if layout.query == "cls":
+        row = relevance[:, 0, prefix:]
+    else:
+        row = relevance[:, prefix:, prefix:].mean(dim=1)
+    return row.reshape(row.shape[0], *layout.grid)
+
+
+class AttributionGraph(nn.Module):
+    """Classifier plus Chefer et al. 2021 class-specific attribution (build/attribution_reference.py
+    states the formula). Written with torch.autograd.grad, so it only exports after make_fx has
+    turned the backward pass into plain ops (build/export.py export_attribution).
+
+    Inputs: image (B, 3, H, W) uint8 and target_class (B, 1) int32; a negative class means the
+    top-1 class (ArgMax: first index on ties), one >= num_classes is clamped to the last class.
+    One backward pass serves the whole batch: images are independent (LayerNorm is per token), so
+    d(sum_b y[b, c_b])/dA[b] = dy[b, c_b]/dA[b]."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
+        super().__init__()
+        self.normalise = Normalise(pre)
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)  # only the graph's own input is differentiated
+        self.layout = layout
+        self._captured: list[torch.Tensor] = []
+        for attn in attention_modules(self.model):
+            attn.fused_attn = False
+            attn.attn_drop.register_forward_hook(self._capture)
+        tokens = layout.num_prefix_tokens + layout.grid[0] * layout.grid[1]
+        self.register_buffer("eye", torch.eye(tokens, dtype=torch.float32))
+
+    def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._captured.append(output)
+
+    def forward(self, image: torch.Tensor, target_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._captured = []
+        with torch.enable_grad():
+            # The input requires grad so every attention map is on the autograd tape; grad()
+            # only walks back as far as the first block's attention.
+            logits = self.model(self.normalise(image).requires_grad_(True))
+            attentions, self._captured = self._captured, []
+            if len(attentions) != len(self.model.blocks):
+                raise RuntimeError(
+                    f"captured {len(attentions)} attention maps for {len(self.model.blocks)} blocks"
+                )
+            target = target_class.reshape(-1, 1).long()
+            top1 = logits.argmax(dim=-1, keepdim=True)
+            target = torch.where(target < 0, top1, target.clamp(max=logits.shape[-1] - 1))
+            chosen = logits.gather(1, target).sum()
+            grads = torch.autograd.grad(chosen, attentions)
+        relevance = None
+        for attn, grad in zip(attentions, grads, strict=True):
+            cam = (grad * attn).clamp(min=0).mean(dim=1)
+            # I + cam @ I written without the identity MatMul (no constant operand, as rollout).
+            relevance = self.eye + cam if relevance is None else relevance + cam @ relevance
+        assert relevance is not None
+        return logits.detach(), query_row(relevance, self.layout).detach()

@@ -23,9 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build.contract import ModelContract
-from build.names import DISCARD_RATIO, HEAD_FUSIONS, INPUT_NAME, LOGITS
+from build.names import (
+    ATTRIBUTION,
+    DISCARD_RATIO,
+    HEAD_FUSIONS,
+    INPUT_NAME,
+    LOGITS,
+    TARGET_CLASS,
+)
 
 TASKS = ("classify", "explain")
+# Chefer et al.'s class-specific attribution (issue 11): built beside TASKS, fp32 only (see
+# ATTRIBUTION_PRECISIONS), and kept out of TASKS so the precision variants, accuracy gates and
+# engine references, which are about classify/explain, are not silently applied to it.
+ATTRIBUTION_TASK = "attribution"
+ATTRIBUTION_PRECISIONS = ("fp32",)
+# Runtime the cpu target serves attribution with: measured faster on the attribution graph
+# (docs/benchmarks/attribution-cost.md), and both pass the same parity check in every build.
+ATTRIBUTION_CPU_RUNTIME = "openvino"
 PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "gpu")
 BUILD_DIR = Path(__file__).parent
@@ -74,6 +89,8 @@ def _tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
     inputs = f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: {_dims((3, h, w))} }}'
     if task == "explain":  # one vit-explain discard ratio per image, in [0, 1)
         inputs += f',\n  {{ name: "{DISCARD_RATIO}" data_type: TYPE_FP32 dims: [ 1 ] }}'
+    if task == ATTRIBUTION_TASK:  # the class to explain per image; -1 = top-1
+        inputs += f',\n  {{ name: "{TARGET_CLASS}" data_type: TYPE_INT32 dims: [ 1 ] }}'
     outputs = [
         f'  {{ name: "{LOGITS}" data_type: TYPE_FP32 dims: {_dims((len(contract.labels),))}'
         ' label_filename: "labels.txt" }'
@@ -83,6 +100,9 @@ def _tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
         outputs += [
             f'  {{ name: "rollout_{f}" data_type: TYPE_FP32 dims: {grid} }}' for f in HEAD_FUSIONS
         ]
+    if task == ATTRIBUTION_TASK:
+        grid = _dims(contract.layout.grid)
+        outputs.append(f'  {{ name: "{ATTRIBUTION}" data_type: TYPE_FP32 dims: {grid} }}')
     return inputs, ",\n".join(outputs)
 
 
@@ -116,7 +136,7 @@ def config_text(contract: ModelContract, target: str, task: str, precision: str)
     )
     if target == "cpu":
         params = {
-            "runtime": "openvino",
+            "runtime": ATTRIBUTION_CPU_RUNTIME if task == ATTRIBUTION_TASK else "openvino",
             "precision_hint": CPU_PRECISION_HINT[precision],
             "num_threads": "0",
         }
@@ -133,19 +153,24 @@ def config_text(contract: ModelContract, target: str, task: str, precision: str)
     else:
         warm = sorted({1, s.max_batch_size})
     h, w = contract.preprocessing.input_size
-    ratio = (
-        f'  inputs {{ key: "{DISCARD_RATIO}" value {{ data_type: TYPE_FP32 '
-        "dims: [ 1 ] zero_data: true } }\n"
-        if task == "explain"
-        else ""
-    )
+    second = ""  # the warm-up value of the graph's second input, if it has one
+    if task == "explain":
+        second = (
+            f'  inputs {{ key: "{DISCARD_RATIO}" value {{ data_type: TYPE_FP32 '
+            "dims: [ 1 ] zero_data: true } }\n"
+        )
+    if task == ATTRIBUTION_TASK:  # class 0 for every warm-up image
+        second = (
+            f'  inputs {{ key: "{TARGET_CLASS}" value {{ data_type: TYPE_INT32 '
+            "dims: [ 1 ] zero_data: true } }\n"
+        )
     for batch in warm:
         lines.append(
             "model_warmup [ {\n"
             f'  name: "zeros_batch_{batch}" batch_size: {batch}\n'
             f'  inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 '
             f"dims: {_dims((3, h, w))} zero_data: true }} }}\n"
-            f"{ratio}"
+            f"{second}"
             "} ]"
         )
     return "\n".join(lines) + "\n"
@@ -173,20 +198,19 @@ def write(repository: Path, contract: ModelContract, precisions: tuple[str, ...]
             for old in target_dir.iterdir():
                 if old.is_dir() and old.name.startswith("vit_"):
                     shutil.rmtree(old)
-        for task in TASKS:
-            for precision in precisions:
-                name = model_name(task, precision)
-                model_dir = target_dir / name
-                (model_dir / "1").mkdir(parents=True, exist_ok=True)
-                (model_dir / "config.pbtxt").write_text(
-                    config_text(contract, target, task, precision)
-                )
-                (model_dir / "labels.txt").write_text(labels)
-                if target == "cpu":
-                    version = model_dir / "1"
-                    _link_or_copy(onnx_path(repository, task, precision), version / "model.onnx")
-                    shutil.copy2(BUILD_DIR / "triton_python_model.py", version / "model.py")
-                    shutil.copy2(BUILD_DIR / "runtimes.py", version / "runtimes.py")
-                written[target].append(name)
+        jobs = [(task, p) for task in TASKS for p in precisions]
+        jobs += [(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS if p in precisions]
+        for task, precision in jobs:
+            name = model_name(task, precision)
+            model_dir = target_dir / name
+            (model_dir / "1").mkdir(parents=True, exist_ok=True)
+            (model_dir / "config.pbtxt").write_text(config_text(contract, target, task, precision))
+            (model_dir / "labels.txt").write_text(labels)
+            if target == "cpu":
+                version = model_dir / "1"
+                _link_or_copy(onnx_path(repository, task, precision), version / "model.onnx")
+                shutil.copy2(BUILD_DIR / "triton_python_model.py", version / "model.py")
+                shutil.copy2(BUILD_DIR / "runtimes.py", version / "runtimes.py")
+            written[target].append(name)
     contract.write(repository / "model.json")
     return written

@@ -13,29 +13,49 @@ from typing import Protocol
 
 import numpy as np
 
-# Second input of the explain graphs (build/names.py; repeated here because this file is copied
-# into the Triton repository on its own): one ratio per image, FP32 [N, 1].
+# Second inputs (build/names.py; repeated here because this file is copied into the Triton
+# repository on its own): explain graphs take one ratio per image, FP32 [N, 1]; attribution
+# graphs one class per image, INT32 [N, 1] (-1 = top-1).
 DISCARD_RATIO = "discard_ratio"
+TARGET_CLASS = "target_class"
 
 
 class Runner(Protocol):
     output_names: list[str]
 
     def run(
-        self, image: np.ndarray, discard_ratio: np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        discard_ratio: np.ndarray | None = None,
+        target_class: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]: ...
 
 
 def _feeds(
-    image_name: str, image: np.ndarray, takes_ratio: bool, discard_ratio: np.ndarray | None
+    image_name: str,
+    image: np.ndarray,
+    second: set[str],
+    discard_ratio: np.ndarray | None,
+    target_class: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """The graph's inputs; an explain graph without a given ratio discards nothing (0.0)."""
+    """The graph's inputs (`second`: which of its extra inputs it takes); an explain graph
+    without a given ratio discards nothing (0.0), an attribution graph without given classes
+    explains each image's top-1 class (-1)."""
     feeds = {image_name: image}
-    if takes_ratio:
+    n = image.shape[0]
+    if DISCARD_RATIO in second:
         if discard_ratio is None:
-            discard_ratio = np.zeros((image.shape[0], 1), np.float32)
+            discard_ratio = np.zeros((n, 1), np.float32)
         feeds[DISCARD_RATIO] = np.ascontiguousarray(discard_ratio, np.float32).reshape(-1, 1)
+    if TARGET_CLASS in second:
+        if target_class is None:
+            target_class = np.full((n, 1), -1, np.int32)
+        feeds[TARGET_CLASS] = np.ascontiguousarray(target_class, np.int32).reshape(-1, 1)
     return feeds
+
+
+def _second_inputs(names: set[str]) -> set[str]:
+    return names & {DISCARD_RATIO, TARGET_CLASS}
 
 
 class OnnxRuntimeRunner:
@@ -47,13 +67,16 @@ class OnnxRuntimeRunner:
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
-        self._takes_ratio = DISCARD_RATIO in {i.name for i in self._session.get_inputs()}
+        self._second = _second_inputs({i.name for i in self._session.get_inputs()})
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     def run(
-        self, image: np.ndarray, discard_ratio: np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        discard_ratio: np.ndarray | None = None,
+        target_class: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        feeds = _feeds(self._input, image, self._takes_ratio, discard_ratio)
+        feeds = _feeds(self._input, image, self._second, discard_ratio, target_class)
         values = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values, strict=True))
 
@@ -79,7 +102,7 @@ class OpenVinoRunner:
         self._core = ov.Core()
         self._model = self._core.read_model(path)
         self._input = self._model.inputs[0].get_any_name()
-        self._takes_ratio = DISCARD_RATIO in {i.get_any_name() for i in self._model.inputs}
+        self._second = _second_inputs({i.get_any_name() for i in self._model.inputs})
         self.output_names = [o.get_any_name() for o in self._model.outputs]
         self._config: dict[str, object] = {
             "INFERENCE_NUM_THREADS": threads,
@@ -109,13 +132,16 @@ class OpenVinoRunner:
             return self._compiled[bucket]
 
     def run(
-        self, image: np.ndarray, discard_ratio: np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        discard_ratio: np.ndarray | None = None,
+        target_class: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         n = image.shape[0]
         if n > self._buckets[-1]:
             raise ValueError(f"batch of {n} exceeds max_batch_size {self._buckets[-1]}")
         bucket = next(b for b in self._buckets if b >= n)
-        feeds = _feeds(self._input, image, self._takes_ratio, discard_ratio)
+        feeds = _feeds(self._input, image, self._second, discard_ratio, target_class)
         if bucket != n:
             feeds = {
                 name: np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), x.dtype)])

@@ -3,7 +3,9 @@ Runtime. Copied by the build to <model>/1/model.py beside runtimes.py and model.
 
 Everything model-specific comes from config.pbtxt: tensor names and dtypes, max_batch_size, and the
 parameters runtime, precision_hint and num_threads ("0" = every core this process may use). Explain
-models have a second input, discard_ratio (FP32 [1] per image), passed on to the graph.
+models have a second input, discard_ratio (FP32 [1] per image), passed on to the graph; attribution
+models have target_class (INT32 [1] per image, -1 = top-1), passed on as it is (the graph maps
+negatives to the top-1 class and clamps classes past the last one).
 """
 
 import json
@@ -14,7 +16,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from runtimes import DISCARD_RATIO, create_runner  # found beside this file, after the path insert
+# runtimes.py is found beside this file, after the path insert
+from runtimes import DISCARD_RATIO, TARGET_CLASS, create_runner
 
 
 class TritonPythonModel:
@@ -23,7 +26,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.input_name = config["input"][0]["name"]
-        self.takes_ratio = DISCARD_RATIO in {i["name"] for i in config["input"]}
+        inputs = {i["name"] for i in config["input"]}
+        self.takes_ratio = DISCARD_RATIO in inputs
+        self.takes_class = TARGET_CLASS in inputs
         self.outputs = [
             (out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
             for out in config["output"]
@@ -48,7 +53,7 @@ class TritonPythonModel:
         # The dynamic batcher hands over several requests: run them as one batch, split after.
         # A request with an invalid discard_ratio gets its own error; the others still run.
         responses = [None] * len(requests)
-        arrays, ratios, valid = [], [], []
+        arrays, ratios, classes, valid = [], [], [], []
         for i, request in enumerate(requests):
             if self.takes_ratio:
                 ratio, message = self._ratios(request)
@@ -56,13 +61,18 @@ class TritonPythonModel:
                     responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
                     continue
                 ratios.append(ratio)
+            if self.takes_class:
+                target = pb_utils.get_input_tensor_by_name(request, TARGET_CLASS).as_numpy()
+                classes.append(target.reshape(-1, 1))
             arrays.append(pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy())
             valid.append(i)
         if not valid:
             return responses
         try:
             results = self.runner.run(
-                np.concatenate(arrays), np.concatenate(ratios) if ratios else None
+                np.concatenate(arrays),
+                np.concatenate(ratios) if ratios else None,
+                np.concatenate(classes) if classes else None,
             )
         except Exception as exc:  # a runtime failure answers every request, never hangs them
             error = pb_utils.TritonError(f"inference failed: {exc}")

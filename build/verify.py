@@ -4,6 +4,8 @@ Bounds (fp32): logits max |diff| <= 1e-4 with identical top-1 at batch 1 and 8; 
 relative to the reference map's max <= 1e-4. Rollout values are ~1e-2, so an absolute tolerance
 would check little. Explain graphs are checked at discard_ratio 0 and at each of DISCARD_RATIOS,
 and at batch > 1 with a different ratio per image (Triton batches requests with different ratios).
+Attribution graphs: logits as above, the map against build/attribution_reference.py with the same
+relative bound, for the top-1 class (-1) and for a different class per image.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import logging
 import numpy as np
 import torch
 
-from build import rollout_reference
-from build.contract import TokenLayout
+from build import attribution_reference, rollout_reference
+from build.contract import Preprocessing, TokenLayout
 from build.graphs import HEAD_FUSIONS, LOGITS, ClassifyGraph
 from build.runtimes import Runner
 
@@ -169,3 +171,44 @@ def accuracy_summary(
     if labels is not None:
         out["accuracy"] = round(float((top1 == labels).mean()), 4)
     return out
+
+
+def attribution_targets(batch: int, num_classes: int) -> dict[str, np.ndarray]:
+    """The target sets every build checks, INT32 (batch, 1): every image's top-1, and a different
+    class per image (top-1, first, last and others, so the map cannot be the top-1 one)."""
+    mixed = [-1, 0, num_classes - 1, 1, -1, 2, num_classes - 2, 3]
+    classes = [mixed[i % len(mixed)] for i in range(batch)]
+    classes = [c if c < 0 else c % num_classes for c in classes]  # models with few classes
+    return {
+        "top1": np.full((batch, 1), -1, np.int32),
+        "mixed": np.asarray(classes, np.int32).reshape(-1, 1),
+    }
+
+
+def attribution_torch_reference(
+    model: torch.nn.Module, images: np.ndarray, layout: TokenLayout, pre: Preprocessing
+) -> dict:
+    """Per target set: the targets and the eager reference's logits and maps for every image."""
+    out: dict = {}
+    for name, targets in attribution_targets(len(images), int(model.num_classes)).items():
+        logits, maps = attribution_reference.attribution_reference(
+            model, torch.from_numpy(images), targets, layout, pre
+        )
+        out[name] = {"targets": targets, LOGITS: logits.numpy(), "attribution": maps.numpy()}
+    return out
+
+
+def check_attribution(runner: Runner, reference: dict, images: np.ndarray) -> dict:
+    """Parity of one runtime's attribution graph at each batch size in PARITY_BATCHES."""
+    result: dict = {}
+    for batch in PARITY_BATCHES:
+        entry: dict = {}
+        for name, ref in reference.items():
+            got = runner.run(images[:batch], target_class=ref["targets"][:batch])
+            entry[name] = {
+                "targets": [int(t) for t in ref["targets"][:batch, 0]],
+                "logits": logits_parity(ref[LOGITS][:batch], got[LOGITS]),
+                "attribution": rollout_parity(ref["attribution"][:batch], got["attribution"]),
+            }
+        result[f"batch_{batch}"] = entry
+    return result
