@@ -20,8 +20,7 @@ import numpy as np
 from service.errors import InvalidParameter
 
 Method = Literal["rollout", "attribution"]
-METHODS: tuple[Method, ...] = ("rollout", "attribution")
-TASKS: dict[str, str] = {"rollout": "explain", "attribution": "attribution"}  # Triton model task
+TRITON_TASK: dict[str, str] = {"rollout": "explain", "attribution": "attribution"}  # vit_<task>_*
 INPUT_NAME = "target_class"
 OUTPUT_NAME = "attribution"
 TOP1 = -1  # the model's own choice: argmax of the logits, first index on ties

@@ -115,7 +115,7 @@ async def explain(
     explain_method.check_parameters(method, request.query_params, target_class)
     target = explain_method.resolve(target_class, services.metadata.labels)
     variant = await services.triton.variant(
-        explain_method.TASKS[method],
+        explain_method.TRITON_TASK[method],
         precision or settings.default_precision,
         settings.readiness_timeout_s,
     )
