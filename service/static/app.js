@@ -228,6 +228,7 @@ function showError(item, message) {
   card.querySelector(".error").hidden = false;
   card.querySelector(".status").textContent = "Failed.";
   card.querySelector(".topk").replaceChildren();
+  card.querySelector(".explained").textContent = "";
   card.querySelector(".timings").replaceChildren();
   card.classList.add("failed");
   finish(item, "error");
