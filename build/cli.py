@@ -26,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from build import (
@@ -36,6 +37,7 @@ from build import (
     runtimes,
     source,
     staging,
+    tensorrt_ops,
     verify,
     visual_report,
 )
@@ -251,6 +253,8 @@ def export_and_verify_attribution(
     ov = runtimes.create_runner("openvino", str(path), threads, "f32", PARITY_IMAGES)
     return {
         "onnx_checker": "passed",
+        # The gpu target serves this same fp32 file: can TensorRT's ONNX parser take every op?
+        "tensorrt_parser_ops": tensorrt_ops.check(onnx.load(str(path))),
         "reference": "build/attribution_reference.py (Chefer et al. 2021, eager autograd)",
         "precisions_built": list(ATTRIBUTION_PRECISIONS),
         "precisions_not_built": ATTRIBUTION_NOT_BUILT,
@@ -347,6 +351,7 @@ def build(args: argparse.Namespace) -> dict:
         if loaded.origin == source.OFFLINE_DEFAULT:
             (stage / "source").mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), stage / "source" / "digits_vit.pth")
+        gpu_outputs.update(evaluate.attribution_engine_reference(stage, loaded.heldout, threads))
         evaluate.write_engine_reference(stage, loaded.heldout, gpu_outputs)
         samples = loaded.heldout.images[: visual_report.SAMPLES]
         report["visual_report"] = visual_report.write(stage, report, samples, contract.labels).name

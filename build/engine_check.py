@@ -10,7 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from build.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
-from build.names import DISCARD_RATIO, INPUT_NAME, LOGITS
+from build.names import (
+    ATTRIBUTION,
+    DISCARD_RATIO,
+    INPUT_NAME,
+    LOGITS,
+    TARGET_CLASS,
+)
 
 REFERENCE_FILE = Path("onnx") / "gpu" / "reference.npz"
 REFERENCE_IMAGES = 512  # classify logits; explain outputs for the first HEATMAP_IMAGES of them
@@ -25,6 +31,9 @@ MIN_HEATMAP_CORRELATION = 0.99
 DISCARD_IMAGES = 64
 DISCARD_RATIO_KEY = "discard_ratio"
 MIN_HEATMAP_CORRELATION_DISCARD = 0.95
+# Attribution engines (fp32 only) run the first ATTRIBUTION_IMAGES for their top-1 class; the map
+# must correlate with ONNX Runtime's like explain's.
+ATTRIBUTION_IMAGES = 64
 DROP_LIMIT = {"int8": INT8_MAX_DROP_POINTS, "fp16": FP16_FLAG_DROP_POINTS}
 
 
@@ -54,11 +63,14 @@ def _run(plan: bytes, images, max_batch: int, discard_ratio=None) -> dict:
     parts: dict[str, list] = {}
     with TrtRunner(EngineFromBytes(plan)) as runner:
         takes_ratio = DISCARD_RATIO in runner.get_input_metadata()
+        takes_class = TARGET_CLASS in runner.get_input_metadata()
         for i in range(0, len(images), max_batch):
             feeds = {INPUT_NAME: np.ascontiguousarray(images[i : i + max_batch])}
             if takes_ratio:
                 ratio = discard_ratio[i : i + max_batch]
                 feeds[DISCARD_RATIO] = np.ascontiguousarray(ratio, np.float32).reshape(-1, 1)
+            if takes_class:  # attribution: each image's top-1 class
+                feeds[TARGET_CLASS] = np.full((len(feeds[INPUT_NAME]), 1), -1, np.int32)
             out = runner.infer(feeds)
             for name, value in out.items():
                 parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
@@ -90,6 +102,13 @@ def verify_engine(plan: bytes, reference, task: str, precision: str, max_batch: 
     failures = []
     if result["top1_agreement_vs_onnxruntime"] < MIN_TOP1_AGREEMENT[precision]:
         failures.append(f"top-1 agreement below {MIN_TOP1_AGREEMENT[precision]}")
+    if task == ATTRIBUTION:
+        corr = _correlation(
+            reference[reference_key(task, precision, ATTRIBUTION)], got[ATTRIBUTION]
+        )
+        result["heatmap_correlation_vs_onnxruntime"] = round(corr, 6)
+        if corr < MIN_HEATMAP_CORRELATION:
+            failures.append(f"attribution correlation below {MIN_HEATMAP_CORRELATION}")
     if task == "explain":
         corr = _correlation(
             reference[reference_key(task, precision, "rollout_mean")], got["rollout_mean"]

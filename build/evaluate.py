@@ -108,3 +108,16 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
                 entry["precision_hint"] = hint or "default"
             results[p][runtime_name] = entry
     return results, gpu_outputs
+
+
+def attribution_engine_reference(out: Path, heldout: source.Images, threads: int) -> dict:
+    """ONNX Runtime's attribution outputs (top-1 class) on the first images, for the engines step;
+    the attribution graph is fp32 only, the same file on both targets."""
+    images = heldout.images[: engine_check.ATTRIBUTION_IMAGES]
+    path = onnx_path(out, repository.ATTRIBUTION_TASK, "fp32")
+    runner = runtimes.create_runner("onnxruntime", str(path), threads)
+    got = verify.run_batched(runner, images, 16)
+    return {
+        engine_check.reference_key(repository.ATTRIBUTION_TASK, "fp32", name): value
+        for name, value in got.items()
+    }

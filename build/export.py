@@ -92,7 +92,7 @@ def export_attribution(graph: AttributionGraph, input_size: tuple[int, int], pat
             verbose=False,
         )
     assert program is not None
-    model = fold_weight_transposes(program.model_proto)
+    model = shapes_from_float(fold_weight_transposes(program.model_proto))
     onnx.save(model, str(path))  # weights inline, like the other graphs
     onnx.checker.check_model(str(path), full_check=True)
     log.info("exported %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
@@ -118,4 +118,25 @@ def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
             kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
+    return model
+
+
+def shapes_from_float(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Read the batch size from the image after its Cast to float, not from the UINT8 input:
+    TensorRT takes UINT8 only as a network input or output, and its Shape op lists no UINT8."""
+    uint8 = {
+        i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    }
+    cast = {
+        n.input[0]: n.output[0]
+        for n in model.graph.node
+        if n.op_type == "Cast" and n.input[0] in uint8
+    }
+    for node in model.graph.node:
+        if node.op_type == "Shape" and node.input[0] in cast:
+            node.input[0] = cast[node.input[0]]
+    # The Casts read only graph inputs: first in the node list, they precede every reader.
+    nodes = sorted(model.graph.node, key=lambda n: not (n.op_type == "Cast" and n.input[0] in cast))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     return model

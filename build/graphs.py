@@ -202,8 +202,13 @@ class AttributionGraph(nn.Module):
                 )
             target = target_class.reshape(-1, 1).long()
             top1 = logits.argmax(dim=-1, keepdim=True)
-            target = torch.where(target < 0, top1, target.clamp(max=logits.shape[-1] - 1))
-            chosen = logits.gather(1, target).sum()
+            # minimum, not clamp: TensorRT's Clip takes floats only, its Min takes INT64 too.
+            last = torch.full_like(target, logits.shape[-1] - 1)
+            target = torch.where(target < 0, top1, torch.minimum(target, last))
+            # y[b, c_b] as a one-hot mask, not gather: gather's backward is a ScatterElements
+            # with reduction=add, which TensorRT only runs as a plugin; a mask's is a Mul.
+            classes = torch.arange(logits.shape[-1], device=logits.device)
+            chosen = (logits * (classes == target).to(logits.dtype)).sum()
             grads = torch.autograd.grad(chosen, attentions)
         relevance = None
         for attn, grad in zip(attentions, grads, strict=True):

@@ -7,6 +7,7 @@ LOGITS = "logits"
 ROLLOUT_OUTPUTS = tuple(f"rollout_{fusion}" for fusion in HEAD_FUSIONS)
 DISCARD_RATIO = "discard_ratio"  # explain graphs: FP32 [N, 1], vit-explain's ratio in [0, 1)
 # attribution graphs (Chefer et al. 2021 transformer attribution, issue 11)
+ATTRIBUTION_TASK = "attribution"  # the models are vit_attribution_<precision>
 TARGET_CLASS = "target_class"  # INT32 [N, 1]: class per image; -1 (any negative) = top-1
 ATTRIBUTION = "attribution"  # FP32 [N, grid_h, grid_w]: raw relevance of the query row
 TOP1 = -1

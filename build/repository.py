@@ -25,6 +25,7 @@ from pathlib import Path
 from build.contract import ModelContract
 from build.names import (
     ATTRIBUTION,
+    ATTRIBUTION_TASK,
     DISCARD_RATIO,
     HEAD_FUSIONS,
     INPUT_NAME,
@@ -36,7 +37,6 @@ TASKS = ("classify", "explain")
 # Chefer et al.'s class-specific attribution (issue 11): built beside TASKS, fp32 only (see
 # ATTRIBUTION_PRECISIONS), and kept out of TASKS so the precision variants, accuracy gates and
 # engine references, which are about classify/explain, are not silently applied to it.
-ATTRIBUTION_TASK = "attribution"
 ATTRIBUTION_PRECISIONS = ("fp32",)
 # Runtime the cpu target serves attribution with: measured faster on the attribution graph
 # (docs/benchmarks/attribution-cost.md), and both pass the same parity check in every build.

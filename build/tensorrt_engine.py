@@ -37,7 +37,14 @@ from pathlib import Path
 from build import engine_check
 from build.contract import ModelContract
 from build.names import INPUT_NAME
-from build.repository import PRECISIONS, TARGET_SETTINGS, TASKS, gpu_onnx_path
+from build.repository import (
+    ATTRIBUTION_PRECISIONS,
+    ATTRIBUTION_TASK,
+    PRECISIONS,
+    TARGET_SETTINGS,
+    TASKS,
+    gpu_onnx_path,
+)
 
 TIMING_CACHE = Path("engines") / "timing.cache"
 
@@ -62,12 +69,17 @@ def gpu_identity() -> dict:
     return {"name": name, "compute_capability": capability, "driver": driver}
 
 
+# (task, precision) of every model the build writes; attribution is fp32 only.
+MODELS = {(t, p) for t in TASKS for p in PRECISIONS}
+MODELS |= {(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS}
+
+
 def gpu_models(repository: Path) -> list[tuple[str, str, str]]:
     """(model name, task, precision) for every gpu model config the repository holds."""
     found = []
     for config in sorted((repository / "gpu").glob("vit_*/config.pbtxt")):
         match = re.fullmatch(r"vit_([a-z]+)_([a-z0-9]+)", config.parent.name)
-        if match and match[1] in TASKS and match[2] in PRECISIONS:
+        if match and (match[1], match[2]) in MODELS:
             found.append((config.parent.name, match[1], match[2]))
     return found
 

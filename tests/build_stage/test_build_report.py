@@ -94,3 +94,21 @@ def test_report_names_the_gpu_variant_tool_and_versions(report):
     assert set(gpu["onnx"]) == {
         f"{t}_{p}" for t in ("classify", "explain") for p in ("fp16", "int8")
     }
+
+
+def test_attribution_verified_against_the_eager_reference_in_the_report(report):
+    """fp32 on both CPU runtimes, batch 1 and 8, top-1 and a class per image, within 1e-4 of the
+    map's max; the TensorRT parser check and the precisions not built are recorded."""
+    section = report["parity"]["attribution"]
+    assert section["onnx_checker"] == "passed"
+    assert section["tensorrt_parser_ops"]["passed"], section["tensorrt_parser_ops"]
+    assert section["precisions_built"] == ["fp32"]
+    assert set(section["precisions_not_built"]) == {"fp16", "int8"}
+    for runtime in ("onnxruntime", "openvino_f32"):
+        for batch in ("batch_1", "batch_8"):
+            for targets in ("top1", "mixed"):
+                entry = section[runtime][batch][targets]
+                assert entry["logits"]["max_abs_diff"] <= 1e-4
+                assert entry["attribution"]["max_rel_diff"] <= 1e-4
+                assert entry["attribution"]["passed"]
+    assert section["onnxruntime"]["batch_8"]["mixed"]["targets"] == [-1, 0, 9, 1, -1, 2, 8, 3]

@@ -12,6 +12,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build.repository import (
+    ATTRIBUTION_PRECISIONS,
+    ATTRIBUTION_TASK,
     PRECISIONS,
     TARGET_SETTINGS,
     TARGETS,
@@ -23,7 +25,12 @@ from build.repository import write as repository_write
 from tests.helpers import ROOT
 
 MODELS = [(t, task, p) for t in TARGETS for task in TASKS for p in PRECISIONS]
-ONNX_TO_TRITON = {onnx.TensorProto.UINT8: mc.TYPE_UINT8, onnx.TensorProto.FLOAT: mc.TYPE_FP32}
+MODELS += [(t, ATTRIBUTION_TASK, p) for t in TARGETS for p in ATTRIBUTION_PRECISIONS]
+ONNX_TO_TRITON = {
+    onnx.TensorProto.UINT8: mc.TYPE_UINT8,
+    onnx.TensorProto.FLOAT: mc.TYPE_FP32,
+    onnx.TensorProto.INT32: mc.TYPE_INT32,
+}
 
 
 def parse(path: Path) -> mc.ModelConfig:
@@ -92,6 +99,25 @@ def test_explain_models_take_a_discard_ratio_per_image_and_warm_it(repository, t
     assert all(set(w.inputs) == {"image", "discard_ratio"} for w in explain.model_warmup)
     classify = parse(repository / target / model_name("classify", precision) / "config.pbtxt")
     assert [t.name for t in classify.input] == ["image"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_attribution_models_take_a_class_per_image_and_warm_it(repository, contract, target):
+    config = parse(repository / target / model_name(ATTRIBUTION_TASK, "fp32") / "config.pbtxt")
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
+        ("image", mc.TYPE_UINT8, [3, *contract.preprocessing.input_size]),
+        ("target_class", mc.TYPE_INT32, [1]),
+    ]
+    assert [(t.name, list(t.dims)) for t in config.output] == [
+        ("logits", [len(contract.labels)]),
+        ("attribution", list(contract.layout.grid)),
+    ]
+    assert all(set(w.inputs) == {"image", "target_class"} for w in config.model_warmup)
+    if target == "cpu":  # fp32 served at f32, by the runtime measured faster on this graph
+        assert config.parameters["precision_hint"].string_value == "f32"
+        assert config.parameters["runtime"].string_value == "openvino"
+    else:
+        assert config.platform == "tensorrt_plan"
 
 
 def tracked_configs() -> dict[str, str]:

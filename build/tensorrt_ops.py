@@ -1,0 +1,70 @@
+"""Does an ONNX graph stay inside what TensorRT's ONNX parser supports? Checked on the attribution
+graph at build time (its backward pass brings ops the forward graphs never had), recorded in the
+build report, so the gpu target's config is not a guess.
+
+SUPPORTED is the subset of onnx-tensorrt's docs/operators.md (TensorRT 10.x, opsets 9-20) that
+these graphs can contain, with the types listed there; AXES_FROM_INITIALIZER are the ops whose
+`axes` input that document requires to be an initializer (Unsqueeze: a constant tensor).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+FLOAT = {"FLOAT", "FLOAT16", "BFLOAT16"}
+ANY = FLOAT | {"INT32", "INT64"}
+SUPPORTED: dict[str, set[str]] = {
+    **{op: ANY for op in ("Add", "ArgMax", "Div", "Max", "Min", "Mul", "Sub", "Range", "Neg")},
+    **{op: ANY for op in ("Equal", "Less", "Greater", "ReduceMean", "ReduceSum")},
+    **{op: ANY | {"BOOL"} for op in ("Concat", "ConstantOfShape", "Expand", "Gather", "Shape")},
+    **{op: ANY | {"BOOL"} for op in ("Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze")},
+    **{op: ANY | {"BOOL"} for op in ("Transpose", "Where", "Split", "Tile")},
+    "ScatterElements": ANY,  # reduction "none" in TensorRT core; "add" needs a plugin
+    "Cast": ANY | {"UINT8", "BOOL"},
+    "Not": {"BOOL"},
+    **{op: FLOAT for op in ("Clip", "Conv", "Erf", "Exp", "Gemm", "LayerNormalization")},
+    **{op: FLOAT for op in ("MatMul", "Softmax", "Sqrt", "Pow", "Tanh", "Sigmoid")},
+}
+AXES_FROM_INITIALIZER = {"ReduceMean": 1, "ReduceSum": 1, "Slice": 3, "Squeeze": 1, "Unsqueeze": 1}
+
+
+def _types(model: onnx.ModelProto) -> dict[str, str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    names = {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in values}
+    for t in model.graph.initializer:
+        names[t.name] = onnx.TensorProto.DataType.Name(t.data_type)
+    return names
+
+
+def check(model: onnx.ModelProto) -> dict:
+    """{"ops": {op: count}, "problems": [...], "passed": bool} for the build report."""
+    types = _types(model)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    ops: dict[str, int] = {}
+    problems: set[str] = set()
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        if node.op_type == "Constant":
+            continue
+        if node.op_type not in SUPPORTED:
+            problems.add(f"{node.op_type}: not in TensorRT's supported operators")
+            continue
+        if node.op_type == "ScatterElements":
+            reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "")
+            if reduction not in ("", "none"):
+                problems.add(f"ScatterElements reduction={reduction}: plugin only")
+        dtype = types.get(node.input[0]) if node.input and node.input[0] else None
+        if dtype and dtype not in SUPPORTED[node.op_type]:
+            problems.add(f"{node.op_type} on {dtype}: not a supported type")
+        index = AXES_FROM_INITIALIZER.get(node.op_type)
+        axes = node.input[index] if index is not None and len(node.input) > index else ""
+        if axes and axes not in constants:
+            problems.add(f"{node.op_type}: axes not an initializer")
+    return {
+        "source": "onnx-tensorrt docs/operators.md (TensorRT 10.x)",
+        "ops": dict(sorted(ops.items())),
+        "problems": sorted(problems),
+        "passed": not problems,
+    }
