@@ -83,6 +83,11 @@ def map_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> sch
       time; a pattern-valid but unserved value is a documented 422 (tested in tests/service and
       the hostile corpus). It becomes a served one here; strings outside the pattern (negative
       cases) are left alone.
+    * /explain's methods: target_class belongs to method=attribution, head_fusion and
+      discard_ratio to rollout; a request that mixes them is a documented 422 (tests/service),
+      a rule across parameters that OpenAPI cannot state. A valid target_class makes the case an
+      attribution one (valid rollout parameters are dropped from it, and its precision is one
+      with an attribution model); invalid values are left alone, so negative cases stay invalid.
     * With `encoding`, schemathesis puts one file where the schema has an array of files and then
       sends it without a filename, which makes it a plain form field, not a file. Wrapped back
       into a list, it is sent as a file part, as every HTTP client sends files.
@@ -92,12 +97,47 @@ def map_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> sch
         value = query["precision"]
         if PRECISION_PATTERN.fullmatch(value) and value not in SERVED_PRECISIONS:
             query["precision"] = SERVED_PRECISIONS[len(value) % len(SERVED_PRECISIONS)]
+    if query and case.path == "/explain":
+        _one_method(query)
     body = case.body
     if case.media_type == "multipart/form-data" and isinstance(body, dict):
         part = body.get("file")
         if part is not None and not isinstance(part, list):
             body["file"] = [part]
     return case
+
+
+@schemathesis.hook
+def before_add_examples(context: schemathesis.HookContext, examples: list) -> None:
+    """The Examples phase runs no map_case (schemathesis 4.32): its cases, combined from the
+    schema's examples (e.g. method=rollout with target_class=3), get the same adjustments here."""
+    for case in examples:
+        map_case(context, case)
+
+
+SERVED_ATTRIBUTION = ("fp32",)  # precisions with an attribution model in the default repository
+
+
+def _valid_rollout_parameter(name: str, value: object) -> bool:
+    if name == "head_fusion":
+        return value in ("mean", "max", "min")
+    try:
+        return not isinstance(value, bool) and 0 <= float(value) < 1  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _one_method(query: dict) -> None:
+    method = query.get("method", "rollout")
+    if "target_class" in query and method == "rollout":
+        query["method"] = method = "attribution"
+    if method != "attribution":
+        return
+    for name in ("head_fusion", "discard_ratio"):
+        if name in query and _valid_rollout_parameter(name, query[name]):
+            del query[name]
+    if query.get("precision") in SERVED_PRECISIONS:
+        query["precision"] = SERVED_ATTRIBUTION[0]
 
 
 def register() -> None:

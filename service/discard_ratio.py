@@ -28,11 +28,11 @@ def supported(variant: Variant) -> bool:
     return INPUT_NAME in variant.inputs
 
 
-def triton_inputs(variant: Variant, ratio: float) -> dict[str, float]:
+def triton_inputs(variant: Variant, ratio: float) -> dict[str, np.generic]:
     """The scalar inputs to send: the ratio when the model takes it (always, so its config may
     declare it required), nothing when it does not and the request asks for no filtering."""
     if supported(variant):
-        return {INPUT_NAME: min(ratio, FP32_BELOW_ONE)}
+        return {INPUT_NAME: np.float32(min(ratio, FP32_BELOW_ONE))}
     if ratio > 0:
         raise InvalidParameter(
             f"discard_ratio={ratio:g} needs an explain model with a {INPUT_NAME} input; "

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
-from service import allocator, errors_http
+from service import allocator, errors_http, explain_method
 from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
@@ -26,8 +26,9 @@ from service.routes.explain import EXPOSED_HEADERS
 from service.triton import TritonBackend
 
 
-def _document_file_limit(app: FastAPI, max_files: int) -> None:
-    """The OpenAPI page states this MAX_FILES (on a copy: the route's schema is shared)."""
+def _document_run_time_values(app: FastAPI, max_files: int, labels: tuple[str, ...]) -> None:
+    """The OpenAPI page states this MAX_FILES and the model's classes for target_class (known
+    only at start-up; set on a copy: the route's schema is shared)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -36,6 +37,10 @@ def _document_file_limit(app: FastAPI, max_files: int) -> None:
             for path in ("/classify", "/explain"):
                 body = schema["paths"][path]["post"]["requestBody"]["content"]
                 body["multipart/form-data"]["schema"]["properties"]["file"]["maxItems"] = max_files
+            for param in schema["paths"]["/explain"]["post"]["parameters"]:
+                if param["name"] == "target_class":
+                    param["schema"] = explain_method.openapi_schema(labels)
+                    param["examples"]["label"]["value"] = labels[-1]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -73,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="ViT on Triton",
         version="0.1.0",
-        description=f"Image classification and attention-rollout explanations with "
+        description=f"Image classification and explanations (attention rollout, class-specific "
+        f"transformer attribution) with "
         f"{metadata.model_name}, served by NVIDIA Triton. Errors are JSON: "
         '{"error": {"code": ..., "message": ...}}.',
         lifespan=lifespan,
@@ -100,5 +106,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, page):
         app.include_router(module.router)
     app.mount("/static", page.static_files(), name="static")  # the demo page's files
-    _document_file_limit(app, settings.max_files)
+    _document_run_time_values(app, settings.max_files, metadata.labels)
     return app

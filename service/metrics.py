@@ -63,12 +63,19 @@ IMAGES_PER_REQUEST = Histogram(
     ["endpoint"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+EXPLAINED_IMAGES = Counter(
+    "gateway_explained_images_total",
+    "Images explained by /explain, by method (rollout, attribution)",
+    ["method"],
+)
 TRITON_ERRORS = Counter(
     "gateway_triton_errors_total",
     "Triton calls that failed, by kind (triton_unavailable, triton_queue_full, triton_timeout, "
     "triton_error)",
     ["kind"],
 )
+for _method in ("rollout", "attribution"):  # bounded: the two methods, both from 0
+    EXPLAINED_IMAGES.labels(_method)
 # Every kind starts at 0, so rate() and the alert rules see a series before the first error.
 for _kind in (TritonUnavailable, TritonQueueFull, TritonTimeout, TritonFailed):
     TRITON_ERRORS.labels(_kind.code)

@@ -164,17 +164,26 @@ class Pipeline:
         )
 
     def top_k(self, logits: np.ndarray, k: int) -> list[list[Prediction]]:
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted)
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = _softmax(logits)
         k = min(k, probs.shape[1])
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [
-            [
-                Prediction(
-                    label=self.metadata.labels[i], class_index=int(i), probability=float(row[i])
-                )
-                for i in top
-            ]
+            [self._prediction(row, int(i)) for i in top]
             for row, top in zip(probs, order, strict=True)
         ]
+
+    def predictions(self, logits: np.ndarray, classes: np.ndarray) -> list[Prediction]:
+        """One given class per image (e.g. the class a map explains), with its probability."""
+        probs = _softmax(logits)
+        return [self._prediction(row, int(c)) for row, c in zip(probs, classes, strict=True)]
+
+    def _prediction(self, probs: np.ndarray, index: int) -> Prediction:
+        return Prediction(
+            label=self.metadata.labels[index], class_index=index, probability=float(probs[index])
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    return probs / probs.sum(axis=1, keepdims=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,10 +39,23 @@ class ClassifyResponse(BaseModel):
 
 
 class Heatmap(BaseModel):
-    head_fusion: str
-    discard_ratio: float = Field(0.0, description="attention filtered out per layer (0 = none)")
+    method: Literal["rollout", "attribution"] = Field(
+        description="rollout: where the model looked (one map for every class); attribution: "
+        "what speaks for explained_class (Chefer et al. transformer attribution)"
+    )
+    explained_class: Prediction | None = Field(
+        None,
+        description="attribution: the class the map explains (target_class, or the top-1), "
+        "with its probability; null for rollout, which is class-agnostic",
+    )
+    head_fusion: str | None = Field(description="rollout: how heads were fused; null otherwise")
+    discard_ratio: float | None = Field(
+        0.0, description="rollout: attention filtered out per layer (0 = none); null otherwise"
+    )
     shape: tuple[int, int] = Field(description="patch grid (rows, cols)")
-    grid: list[list[float]] = Field(description="attention rollout, min-max normalised to 0-1")
+    grid: list[list[float]] = Field(
+        description="the map (rollout or attribution relevance), min-max normalised to 0-1"
+    )
     crop_box: tuple[float, float, float, float] = Field(
         description="left, top, right, bottom of the region the model saw, in image pixels"
     )
@@ -143,7 +156,10 @@ class Info(BaseModel):
     labels: int = Field(description="number of classes")
     default_precision: str
     classify: list[str] = Field(description="precisions with a ready classify model")
-    explain: list[ExplainModelInfo] = Field(description="ready explain models")
+    explain: list[ExplainModelInfo] = Field(description="ready explain (rollout) models")
+    attribution: list[str] = Field(
+        description="precisions with a ready attribution model (method=attribution)"
+    )
     triton_error: str | None = Field(None, description="why the lists are empty, if they are")
     head_fusions: list[str]
     outputs: list[str] = Field(description="output= values of /explain")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from tritonclient.grpc import aio as grpcaio
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service import metrics
 from service.errors import (
@@ -38,11 +38,12 @@ CATALOG_REFRESH_S = 2.0
 FORCED_REFRESH_MIN_S = 0.5  # an unknown precision looks again at most this often
 
 log = logging.getLogger("service.triton")
+TASKS = ("classify", "explain", "attribution")  # vit_<task>_<precision> on Triton
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One served model: task (classify/explain) x precision."""
+    """One served model: task (classify, explain: rollout, attribution) x precision."""
 
     name: str
     task: str
@@ -97,7 +98,7 @@ def _first_error(exc: BaseException) -> BaseException:
 class TritonBackend:
     def __init__(self, url: str, prefix: str, retry_after_s: int) -> None:
         self._client = grpcaio.InferenceServerClient(url, channel_args=channel_args())
-        self._pattern = re.compile(rf"^{re.escape(prefix)}_(classify|explain)_([a-z0-9]+)$")
+        self._pattern = re.compile(rf"^{re.escape(prefix)}_({'|'.join(TASKS)})_([a-z0-9]+)$")
         self._retry_after_s = retry_after_s
         self._variants: dict[tuple[str, str], Variant] = {}
         self._refreshed_at = 0.0
@@ -171,7 +172,9 @@ class TritonBackend:
                     f"no {task} model is ready on Triton", retry_after_s=self._retry_after_s
                 )
             raise InvalidParameter(
-                f"precision {precision!r} is not served; available: {', '.join(available)}"
+                f"precision {precision!r} is not served"
+                + ("" if task == "classify" else f" for {task}")
+                + f"; available: {', '.join(available)}"
             )
         return variants[(task, precision)]
 
@@ -181,13 +184,14 @@ class TritonBackend:
         images: np.ndarray,
         outputs: list[str],
         deadline_s: float,
-        scalars: dict[str, float] | None = None,
+        scalars: dict[str, np.generic] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run a batch, split into chunks of max_batch_size (one image per call for a model that
         does not batch) sent together so Triton can batch them; answers within deadline_s or
         raises TritonTimeout. When one chunk fails the others are cancelled, on Triton too.
-        scalars: extra FP32 inputs of dims [1], the same value for every image (e.g. the explain
-        model's discard_ratio)."""
+        scalars: extra inputs of dims [1], the same value for every image, typed by their numpy
+        type (the explain model's discard_ratio: np.float32, FP32; the attribution model's
+        target_class: np.int32, INT32)."""
         size = max(1, variant.max_batch_size)
         chunks = [images[i : i + size] for i in range(0, len(images), size)]
         try:
@@ -216,14 +220,14 @@ class TritonBackend:
         images: np.ndarray,
         outputs: list[str],
         deadline_s: float,
-        scalars: dict[str, float],
+        scalars: dict[str, np.generic],
     ) -> dict[str, np.ndarray]:
         image = grpcaio.InferInput("image", list(images.shape), "UINT8")
         image.set_data_from_numpy(np.ascontiguousarray(images))
         inputs = [image]
         for name, value in scalars.items():
-            scalar = grpcaio.InferInput(name, [len(images), 1], "FP32")
-            scalar.set_data_from_numpy(np.full((len(images), 1), value, np.float32))
+            scalar = grpcaio.InferInput(name, [len(images), 1], np_to_triton_dtype(value.dtype))
+            scalar.set_data_from_numpy(np.full((len(images), 1), value, value.dtype))
             inputs.append(scalar)
         result = await self._client.infer(
             model,

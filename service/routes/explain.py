@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -13,11 +13,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service import discard_ratio as discard
-from service import heatmap, metrics
+from service import explain_method, heatmap, metrics
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from service.deps import InferenceSlot, ServicesDep
 from service.encode import IMAGE_FORMATS, negotiate
 from service.errors import InvalidParameter
+from service.explain_method import Method
 from service.inputs import read_uploads
 from service.routes.common import PRECISION_QUERY, deadline_s, served_model
 from service.routes.explain_docs import IMAGE_RESPONSES, image_headers
@@ -27,6 +28,7 @@ from service.schemas import (
     ExplainResponse,
     ExplainResult,
     Heatmap,
+    Prediction,
 )
 
 router = APIRouter()
@@ -43,7 +45,10 @@ Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 HeadFusion = Literal["mean", "max", "min"]
 
 # Headers of the image answers that a browser script may read when CORS is on.
-EXPOSED_HEADERS = ["X-Model", "X-Top-Label", "X-Top-Class-Index", "X-Top-Probability"]
+EXPOSED_HEADERS = [
+    "X-Model", "X-Top-Label", "X-Top-Class-Index", "X-Top-Probability", "X-Explain-Method",
+    "X-Explained-Class-Index", "X-Explained-Label",
+]  # fmt: skip
 
 
 @router.post(
@@ -56,7 +61,33 @@ async def explain(
     request: Request,
     services: ServicesDep,
     slot: InferenceSlot,
-    head_fusion: Annotated[HeadFusion, Query(description="how attention heads are fused")] = "mean",
+    method: Annotated[
+        Method,
+        Query(
+            description="rollout: attention rollout, where the model looked (one map for every "
+            "class); attribution: Chefer et al. transformer attribution, what speaks for one "
+            "class (target_class)",
+            openapi_examples={
+                "rollout": {"summary": "class-agnostic attention rollout", "value": "rollout"},
+                "attribution": {"summary": "class-specific attribution", "value": "attribution"},
+            },
+        ),
+    ] = "rollout",
+    target_class: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description=explain_method.DESCRIPTION,
+            openapi_examples={
+                "index": {"summary": "a class index", "value": "3"},
+                "label": {"summary": "a label, as the model's labels write it", "value": "label"},
+            },
+        ),
+    ] = None,
+    head_fusion: Annotated[
+        HeadFusion, Query(description="rollout only: how attention heads are fused")
+    ] = "mean",
     output: Annotated[
         Literal["png", "jpeg", "webp", "json"] | None,
         Query(
@@ -73,19 +104,32 @@ async def explain(
     include_png: Annotated[bool, Query(description="json: add the overlay PNG (base64)")] = False,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
     precision: PRECISION_QUERY = None,
-    discard_ratio: Annotated[float, Query(ge=0.0, lt=1.0, description=discard.DESCRIPTION)] = 0.0,
+    discard_ratio: Annotated[
+        float, Query(ge=0.0, lt=1.0, description="rollout only: " + discard.DESCRIPTION)
+    ] = 0.0,
 ) -> Response | ExplainResponse:
-    """Attention-rollout heatmaps with predictions, computed by the explain model on Triton."""
+    """Heatmaps with predictions, computed on Triton: attention rollout (method=rollout, the
+    explain model) or class-specific attribution (method=attribution, the attribution model)."""
     settings = services.settings
     answer = negotiate(output, request.headers.get("accept"))
+    explain_method.check_parameters(method, request.query_params, target_class)
+    target = explain_method.resolve(target_class, services.metadata.labels)
     variant = await services.triton.variant(
-        "explain", precision or settings.default_precision, settings.readiness_timeout_s
+        explain_method.TRITON_TASK[method],
+        precision or settings.default_precision,
+        settings.readiness_timeout_s,
     )
-    scalars = discard.triton_inputs(variant, discard_ratio)
+    if method == "rollout":
+        scalars = discard.triton_inputs(variant, discard_ratio)
+        map_output = f"rollout_{head_fusion}"
+    else:
+        scalars = explain_method.triton_inputs(target)
+        map_output = explain_method.OUTPUT_NAME
     uploads = await read_uploads(request, settings.max_files)
     if answer != "json" and len(uploads) > 1:
         raise InvalidParameter(f"output={answer} takes one image; use output=json for several")
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
+    metrics.EXPLAINED_IMAGES.labels(method).inc(len(uploads))
     timings: dict[str, float] = {}
     render = answer != "json" or include_png
     image_format = answer if answer in IMAGE_FORMATS else "png"  # json embeds PNG
@@ -101,14 +145,22 @@ async def explain(
         display_side=display_side,
         deadline=started + settings.request_timeout_s,
     )
-    rollout = f"rollout_{head_fusion}"
     with metrics.stage(ENDPOINT, "triton", timings):
         out = await services.triton.infer(
-            variant, prepared.tensors, ["logits", rollout], deadline_s(settings, started), scalars
+            variant,
+            prepared.tensors,
+            ["logits", map_output],
+            deadline_s(settings, started),
+            scalars,
         )
     with metrics.stage(ENDPOINT, "postprocess", timings):
         predictions = services.pipeline.top_k(out["logits"], top_k)
-        grids = [heatmap.normalise(g) for g in out[rollout]]
+        # Attribution relevance is raw (unbounded): shown the way rollout maps are, min-max.
+        grids = [heatmap.normalise(g) for g in out[map_output]]
+        explained: Sequence[Prediction | None] = [None] * len(uploads)
+        if method == "attribution":
+            classes = explain_method.explained_index(out["logits"], target)
+            explained = services.pipeline.predictions(out["logits"], classes)
     pngs: list[bytes | None] = [None] * len(uploads)
     if render:
         with metrics.stage(ENDPOINT, "render", timings):
@@ -137,7 +189,7 @@ async def explain(
         return Response(
             content=pngs[0],
             media_type=IMAGE_FORMATS[answer].media_type,
-            headers=image_headers(model.name, predictions[0][0], timings),
+            headers=image_headers(model.name, predictions[0][0], method, explained[0], timings),
         )
     results = []
     for i, upload in enumerate(uploads):
@@ -151,8 +203,10 @@ async def explain(
                 height=prepared.sizes[i][1],
                 predictions=predictions[i],
                 heatmap=Heatmap(
-                    head_fusion=head_fusion,
-                    discard_ratio=discard_ratio,
+                    method=method,
+                    explained_class=explained[i],
+                    head_fusion=head_fusion if method == "rollout" else None,
+                    discard_ratio=discard_ratio if method == "rollout" else None,
                     shape=(grids[i].shape[0], grids[i].shape[1]),
                     grid=[[round(float(v), 6) for v in row] for row in grids[i]],
                     crop_box=(box.left, box.top, box.right, box.bottom),

@@ -12,6 +12,9 @@ _HEADER_DOCS = {
     "X-Top-Label": "the top-1 label (non-ASCII characters as ?)",
     "X-Top-Class-Index": "the top-1 class index",
     "X-Top-Probability": "the top-1 softmax probability, 6 decimals",
+    "X-Explain-Method": "rollout or attribution (method=)",
+    "X-Explained-Class-Index": "attribution only: the class the map explains",
+    "X-Explained-Label": "attribution only: its label (non-ASCII characters as ?)",
     "Server-Timing": "ms per stage: decode, preprocess, triton, postprocess, render, total",
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -30,12 +33,27 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def image_headers(model: str, top: Prediction, timings: dict[str, float]) -> dict[str, str]:
-    return {
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode()
+
+
+def image_headers(
+    model: str,
+    top: Prediction,
+    method: str,
+    explained: Prediction | None,
+    timings: dict[str, float],
+) -> dict[str, str]:
+    headers = {
         "X-Model": model,
-        "X-Top-Label": top.label.encode("ascii", "replace").decode(),
+        "X-Top-Label": _ascii(top.label),
         "X-Top-Class-Index": str(top.class_index),
         "X-Top-Probability": f"{top.probability:.6f}",
+        "X-Explain-Method": method,
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
         "Vary": "Accept",  # the same URL answers PNG, JPEG, WebP or JSON
     }
+    if explained is not None:
+        headers["X-Explained-Class-Index"] = str(explained.class_index)
+        headers["X-Explained-Label"] = _ascii(explained.label)
+    return headers

@@ -46,6 +46,7 @@ async def info(services: ServicesDep) -> Info:
     settings, metadata = services.settings, services.metadata
     classify: list[str] = []
     explain: list[ExplainModelInfo] = []
+    attribution: list[str] = []
     triton_error = None
     try:
         variants = await services.triton.variants(settings.readiness_timeout_s)
@@ -55,6 +56,8 @@ async def info(services: ServicesDep) -> Info:
         for (task, precision), variant in sorted(variants.items()):
             if task == "classify":
                 classify.append(precision)
+            elif task == "attribution":
+                attribution.append(precision)
             else:
                 explain.append(
                     ExplainModelInfo(
@@ -68,6 +71,7 @@ async def info(services: ServicesDep) -> Info:
         default_precision=settings.default_precision,
         classify=classify,
         explain=explain,
+        attribution=attribution,
         triton_error=triton_error,
         head_fusions=list(get_args(HeadFusion)),
         outputs=list(OUTPUT_MEDIA_TYPES),

@@ -1,6 +1,8 @@
 // The demo page: a client of the gateway's own API (GET /info, POST /explain), nothing else;
 // URLs are relative, so the page also works behind a proxy that serves the gateway under a path.
 // Each image is explained by its own request, so one bad file shows its error beside the others.
+// Two methods: attention rollout (class-agnostic) and class attribution, whose class is picked per
+// image from its top-k list (the top-1 until one is picked).
 "use strict";
 
 const MAX_PARALLEL = 3; // requests in flight from this page
@@ -64,6 +66,34 @@ async function loadInfo() {
   if (info.triton_error) {
     showServiceError(`Triton: ${info.triton_error}. Reload the page when it is up.`);
   }
+  updateControls();
+}
+
+function currentPrecision() {
+  return $("precision").value || (state.info && state.info.default_precision);
+}
+
+function attributionServed() {
+  return Boolean(state.info && state.info.attribution.includes(currentPrecision()));
+}
+
+function attribution() {
+  return $("method").value === "attribution";
+}
+
+// Controls follow what is served: attribution only where its model is, rollout's own controls
+// only with rollout (the API refuses them with attribution).
+function updateControls() {
+  const method = $("method");
+  const served = attributionServed();
+  method.querySelector('option[value="attribution"]').disabled = !served;
+  if (!served && attribution()) method.value = "rollout";
+  $("method-hint").textContent = attribution()
+    ? "what speaks for one class: pick it in an image's top-k list (default: its top-1)"
+    : served
+      ? "where the model looked, the same map for every class"
+      : `where the model looked; no attribution model is served for ${currentPrecision()}`;
+  $("head_fusion").disabled = attribution();
   updateDiscardControl();
 }
 
@@ -77,28 +107,35 @@ function updateDiscardControl() {
   const model = selectedModel();
   const slider = $("discard_ratio");
   const supported = !model || model.discard_ratio;
-  slider.disabled = !supported;
+  slider.disabled = !supported || attribution();
   if (!supported) {
     slider.value = "0";
     $("discard_ratio-value").textContent = "0";
   }
-  $("discard-hint").textContent = supported
-    ? "lowest share of attention dropped per layer (0 = plain rollout)"
-    : `${model.name} was built without discard_ratio (rebuild the repository to use it)`;
+  $("discard-hint").textContent = !supported
+    ? `${model.name} was built without discard_ratio (rebuild the repository to use it)`
+    : attribution()
+      ? "a rollout setting (attribution takes none)"
+      : "lowest share of attention dropped per layer (0 = plain rollout)";
 }
 
-function params() {
+function params(item) {
   const p = new URLSearchParams({
     output: "json",
     include_png: "true",
     max_side: String(OVERLAY_SIDE),
-    head_fusion: $("head_fusion").value,
     colormap: $("colormap").value,
     alpha: $("alpha").value,
     top_k: $("top_k").value || "5",
   });
   if ($("precision").value) p.set("precision", $("precision").value);
-  if (!$("discard_ratio").disabled) p.set("discard_ratio", $("discard_ratio").value);
+  if (attribution()) {
+    p.set("method", "attribution");
+    if (item.target !== null) p.set("target_class", String(item.target));
+  } else {
+    p.set("head_fusion", $("head_fusion").value);
+    if (!$("discard_ratio").disabled) p.set("discard_ratio", $("discard_ratio").value);
+  }
   return p;
 }
 
@@ -126,7 +163,8 @@ function addFiles(files) {
     original.onerror = () => original.closest("figure").remove(); // the browser cannot show it
     original.src = URL.createObjectURL(file);
     $("results").prepend(card);
-    const item = { file, card, generation: 0, result: null, pending: false };
+    // target: the class index picked in this card's top-k (null: the top-1)
+    const item = { file, card, generation: 0, result: null, pending: false, target: null };
     state.items.push(item);
     enqueue(item);
   }
@@ -166,7 +204,7 @@ function pump() {
 async function explain(item) {
   const body = new FormData();
   body.append("file", item.file, item.file.name || "pasted-image");
-  const query = params();
+  const query = params(item);
   const started = performance.now();
   let response;
   try {
@@ -190,6 +228,7 @@ function showError(item, message) {
   card.querySelector(".error").hidden = false;
   card.querySelector(".status").textContent = "Failed.";
   card.querySelector(".topk").replaceChildren();
+  card.querySelector(".explained").textContent = "";
   card.querySelector(".timings").replaceChildren();
   card.classList.add("failed");
   finish(item, "error");
@@ -200,13 +239,27 @@ async function showResult(item, result, data, roundTrip, query) {
   card.classList.remove("failed");
   card.querySelector(".error").hidden = true;
   card.querySelector(".size").textContent = `${result.width}×${result.height}`;
+  const heatmap = result.heatmap;
+  const explained = heatmap.explained_class;
   const list = card.querySelector(".topk");
   list.replaceChildren();
   for (const p of result.predictions) {
     const li = document.createElement("li");
-    const label = document.createElement("span");
-    label.className = "label";
-    label.textContent = p.label;
+    const label = document.createElement("button");
+    label.type = "button";
+    label.className = "pick";
+    label.dataset.classIndex = String(p.class_index);
+    const chosen = Boolean(explained) && explained.class_index === p.class_index;
+    label.setAttribute("aria-pressed", String(chosen));
+    label.disabled = !attributionServed();
+    label.title = label.disabled
+      ? `no attribution model is served for ${currentPrecision()}`
+      : `show what speaks for class ${p.class_index} (${p.label})`;
+    label.addEventListener("click", () => pickClass(item, p.class_index));
+    const text = document.createElement("span");
+    text.className = "label";
+    text.textContent = p.label;
+    label.append(text);
     const bar = document.createElement("span");
     bar.className = "bar";
     bar.setAttribute("aria-hidden", "true");
@@ -219,12 +272,18 @@ async function showResult(item, result, data, roundTrip, query) {
     li.append(label, bar, value);
     list.append(li);
   }
-  const heatmap = result.heatmap;
   drawHeatmap(card.querySelector(".heatmap"), heatmap, query.get("colormap"));
-  card.querySelector(".heatmap-caption").textContent =
-    `Heatmap (${heatmap.head_fusion}` +
-    (heatmap.discard_ratio > 0 ? `, discard ${heatmap.discard_ratio}` : "") +
-    `, ${heatmap.shape[0]}×${heatmap.shape[1]} patches)`;
+  const patches = `${heatmap.shape[0]}×${heatmap.shape[1]} patches`;
+  card.querySelector(".heatmap-caption").textContent = explained
+    ? `Attribution of ${explained.label} (${patches})`
+    : `Heatmap (${heatmap.head_fusion}` +
+      (heatmap.discard_ratio > 0 ? `, discard ${heatmap.discard_ratio}` : "") +
+      `, ${patches})`;
+  card.querySelector(".explained").textContent = explained
+    ? `Explaining class ${explained.class_index} “${explained.label}” ` +
+      `(${(100 * explained.probability).toFixed(1)}%)` +
+      (query.has("target_class") ? "" : ", the top-1")
+    : "Attention rollout: where the model looked (the same for every class)";
   const overlay = card.querySelector(".overlay");
   const loaded = new Promise((resolve) => {
     overlay.onload = overlay.onerror = resolve;
@@ -247,6 +306,19 @@ async function showResult(item, result, data, roundTrip, query) {
     `${top.label} (${(100 * top.probability).toFixed(1)}%) by ${data.model.name}`;
   item.result = result;
   finish(item, "done");
+}
+
+// A class picked in a card's top-k: that card explains it with attribution (switching the page
+// to attribution re-explains the other cards too, each with its own class or its top-1).
+function pickClass(item, classIndex) {
+  item.target = classIndex;
+  if (attribution()) {
+    enqueue(item);
+    return;
+  }
+  $("method").value = "attribution";
+  updateControls();
+  rerunAll();
 }
 
 function finish(item, outcome) {
@@ -290,10 +362,10 @@ function drawHeatmap(canvas, heatmap, colormap) {
     }
   }
   canvas.getContext("2d").putImageData(image, 0, 0);
-  canvas.setAttribute(
-    "aria-label",
-    `attention heatmap, ${heatmap.head_fusion} fusion, ${colormap} colormap`,
-  );
+  const what = heatmap.explained_class
+    ? `attribution heatmap of class ${heatmap.explained_class.label}`
+    : `attention heatmap, ${heatmap.head_fusion} fusion`;
+  canvas.setAttribute("aria-label", `${what}, ${colormap} colormap`);
 }
 
 function rerunAll() {
@@ -329,7 +401,8 @@ function wire() {
       $(`${id}-value`).textContent = $(id).value;
     });
   }
-  $("precision").addEventListener("change", updateDiscardControl);
+  $("precision").addEventListener("change", updateControls);
+  $("method").addEventListener("change", updateControls);
   $("controls").addEventListener("change", rerunAll);
   $("controls").addEventListener("submit", (event) => {
     event.preventDefault(); // Enter in the top-k field: run again, never navigate

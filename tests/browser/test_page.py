@@ -127,10 +127,10 @@ def expected_heatmap(heatmap: dict, size: tuple[int, int], colormap: str) -> np.
     return lut(colormap)[np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)].astype(np.int32)
 
 
-def api_heatmap(http, sample: Path, fusion: str) -> dict:
+def api_heatmap(http, sample: Path, fusion: str | None = None, **params: str) -> dict:
     r = http.post(
         "/explain",
-        params={"output": "json", "head_fusion": fusion},
+        params={"output": "json", **({"head_fusion": fusion} if fusion else {}), **params},
         files=[("file", (sample.name, sample.read_bytes(), "image/png"))],
     )
     assert r.status_code == 200, r.text
@@ -224,7 +224,9 @@ def test_keyboard_only_and_a_phone_sized_window(page):
     for _ in range(12):
         ActionChains(page).send_keys(Keys.TAB).perform()
         focused.append(page.switch_to.active_element.get_attribute("id"))
-    controls = ["file", "precision", "head_fusion", "colormap", "alpha", "discard_ratio", "top_k"]
+    controls = [
+        "file", "precision", "method", "head_fusion", "colormap", "alpha", "discard_ratio", "top_k",
+    ]  # fmt: skip
     if not page.find_element(By.ID, "discard_ratio").is_enabled():  # a model built without it
         assert "built without discard_ratio" in page.find_element(By.ID, "discard-hint").text
         controls.remove("discard_ratio")
@@ -237,6 +239,58 @@ def test_keyboard_only_and_a_phone_sized_window(page):
     wait_for(page, "digit-7.png", "done", after_generation=generation)
     page.execute_script("arguments[0].scrollIntoView()", card(page, "digit-7.png"))
     screenshot(page, "phone.png")
+
+
+def test_picking_the_second_class_shows_its_attribution_map(page, http):
+    seven = ROOT / "samples" / "digit-7.png"
+    served = http.get("/info").json()["attribution"]
+    assert "fp32" in served, f"no attribution model for the page's default precision: {served}"
+    upload(page, seven)
+    wait_for(page, seven.name, "done")
+    el = card(page, seven.name)
+    assert "the same for every class" in el.find_element(By.CSS_SELECTOR, ".explained").text
+    rollout = canvas_pixels(page, el.find_element(By.CSS_SELECTOR, ".heatmap"))
+    picks = el.find_elements(By.CSS_SELECTOR, ".topk .pick")
+    assert len(picks) == 5 and all(p.is_enabled() for p in picks)
+    first, second = (p.get_attribute("data-class-index") for p in picks[:2])
+    second_label = picks[1].find_element(By.CSS_SELECTOR, ".label").text
+
+    generation = int(el.get_attribute("data-generation"))
+    picks[0].click()  # the top-1: the page switches to attribution
+    wait_for(page, seven.name, "done", after_generation=generation)
+    assert Select(page.find_element(By.ID, "method")).first_selected_option.text == (
+        "class attribution"
+    )
+    assert not page.find_element(By.ID, "head_fusion").is_enabled()  # a rollout setting
+    el = card(page, seven.name)
+    assert el.find_element(By.CSS_SELECTOR, ".explained").text.startswith(
+        f"Explaining class {first} “7”"
+    )
+    top1 = canvas_pixels(page, el.find_element(By.CSS_SELECTOR, ".heatmap"))
+    assert np.abs(top1 - rollout).mean() > 2  # attribution is not the rollout map
+    overlay_top1 = decode_data_url(
+        el.find_element(By.CSS_SELECTOR, ".overlay").get_attribute("src")
+    )
+
+    generation = int(el.get_attribute("data-generation"))
+    el.find_elements(By.CSS_SELECTOR, ".topk .pick")[1].click()
+    wait_for(page, seven.name, "done", after_generation=generation)
+    el = card(page, seven.name)
+    explained = el.find_element(By.CSS_SELECTOR, ".explained").text
+    assert explained.startswith(f"Explaining class {second} “{second_label}” (")
+    assert "top-1" not in explained
+    assert second_label in el.find_element(By.CSS_SELECTOR, ".heatmap-caption").text
+    pressed = el.find_elements(By.CSS_SELECTOR, '.topk .pick[aria-pressed="true"]')
+    assert [p.get_attribute("data-class-index") for p in pressed] == [second]
+    other = canvas_pixels(page, el.find_element(By.CSS_SELECTOR, ".heatmap"))
+    assert np.abs(other - top1).mean() > 2  # the map changed with the class
+    overlay = decode_data_url(el.find_element(By.CSS_SELECTOR, ".overlay").get_attribute("src"))
+    assert np.abs(overlay - overlay_top1).mean() > 1  # and so did the overlay
+    expected = expected_heatmap(
+        api_heatmap(http, seven, method="attribution", target_class=second), (256, 256), "inferno"
+    )
+    assert np.abs(other - expected).mean() < 1.0  # the API's map of that class, drawn right
+    screenshot(page, "attribution.png")
 
 
 def test_413_and_503_are_shown_as_the_api_words_them(browser, broken_gateway):

@@ -128,6 +128,14 @@ def test_bad_classify_parameters(http, good_png, params, fragment):
         ({"output": "gif"}, "output"),
         ({"colormap": "jet"}, "colormap"),
         ({"max_side": 3}, "max_side"),
+        ({"method": "gradcam"}, "method: Input should be 'rollout' or 'attribution'"),
+        ({"method": "attribution", "target_class": "10"}, "out of range: the model has 10 classes"),
+        ({"method": "attribution", "target_class": "-1"}, "0-9 (leave target_class out for"),
+        ({"method": "attribution", "target_class": "seven"}, "not a label of this model: give a"),
+        ({"method": "attribution", "target_class": ""}, "target_class"),
+        ({"method": "attribution", "head_fusion": "max"}, "does not take head_fusion"),
+        ({"method": "attribution", "discard_ratio": 0.5}, "does not take discard_ratio"),
+        ({"target_class": "3"}, "target_class needs method=attribution: rollout is class-agn"),
     ],
 )
 def test_bad_explain_parameters(http, good_png, params, fragment):

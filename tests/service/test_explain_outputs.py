@@ -126,7 +126,7 @@ def test_discard_ratio_input_is_sent_only_to_models_that_have_it():
     new = Variant("vit_explain_fp32", "explain", "fp32", 8, ("image", "discard_ratio"))
     old = Variant("vit_explain_fp32", "explain", "fp32", 8, ("image",))
     assert discard_ratio.triton_inputs(new, 0.0) == {"discard_ratio": 0.0}
-    assert discard_ratio.triton_inputs(new, 0.9) == {"discard_ratio": 0.9}
+    assert discard_ratio.triton_inputs(new, 0.9) == {"discard_ratio": np.float32(0.9)}
     assert discard_ratio.triton_inputs(old, 0.0) == {}
     # Valid for the API (r < 1) but 1.0 once FP32, which the model refuses (found by fuzzing).
     sent = discard_ratio.triton_inputs(new, 0.9999999999999998)["discard_ratio"]

@@ -52,6 +52,11 @@ def test_info_says_what_is_served(http, contract, repository):
     assert [m["precision"] for m in info["explain"]] == ["fp16", "fp32", "int8"]
     assert {m["name"] for m in info["explain"]} == {f"vit_explain_{p}" for p in info["classify"]}
     assert info["triton_error"] is None
+    built = sorted(
+        p.name.removeprefix("vit_attribution_")
+        for p in (repository / "cpu").glob("vit_attribution_*")
+    )
+    assert info["attribution"] == built and "fp32" in built  # apart from explain's list
     for model in info["explain"]:  # read from Triton's model config, as the repository says
         config = (repository / "cpu" / model["name"] / "config.pbtxt").read_text()
         assert model["discard_ratio"] == ('name: "discard_ratio"' in config)

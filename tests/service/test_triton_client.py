@@ -11,12 +11,13 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from service import triton as triton_module
-from service.errors import TritonFailed, TritonUnavailable
+from service.errors import InvalidParameter, TritonFailed, TritonUnavailable
 from service.triton import TritonBackend
 
 
 class FakeClient:
-    """Answers like tritonclient.grpc.aio.InferenceServerClient for one model, vit_classify_fp32."""
+    """Answers like tritonclient.grpc.aio.InferenceServerClient for the models in `models`
+    (vit_classify_fp32 unless a test says otherwise)."""
 
     def __init__(self) -> None:
         self.max_batch_size: int | None = 4  # None: the key is absent, as protobuf JSON omits 0
@@ -26,13 +27,15 @@ class FakeClient:
         self.infer_calls: list[int] = []
         self.fail_first_chunk = False
         self.cancelled: list[int] = []
+        self.models = ["vit_classify_fp32"]
+        self.sent: list[list] = []  # the inputs of each infer call
 
     async def get_model_repository_index(self, as_json, client_timeout):
         self.index_calls += 1
         await asyncio.sleep(self.index_delay_s)
         if self.index_error is not None:
             raise self.index_error
-        return {"models": [{"name": "vit_classify_fp32", "version": "1", "state": "READY"}]}
+        return {"models": [{"name": m, "version": "1", "state": "READY"} for m in self.models]}
 
     async def get_model_config(self, name, as_json, client_timeout):
         config = {"name": name}
@@ -44,6 +47,7 @@ class FakeClient:
         n = int(inputs[0].shape()[0])
         call = len(self.infer_calls)
         self.infer_calls.append(n)
+        self.sent.append(inputs)
         if self.fail_first_chunk and call == 0:
             raise InferenceServerException(msg="secret internal text", status="StatusCode.INTERNAL")
         try:
@@ -168,5 +172,34 @@ def test_when_one_chunk_fails_its_siblings_are_cancelled(backend):
             await b.infer(variant, np.zeros((12, 3, 8, 8), np.uint8), ["logits"], 5.0)
         assert sorted(fake.cancelled) == [1, 2]  # not left running on Triton
         assert "secret internal text" not in failed.value.message
+
+    asyncio.run(scenario())
+
+
+def test_attribution_models_join_the_catalog_and_a_missing_one_is_named(backend):
+    async def scenario():
+        b, fake = await backend()
+        with pytest.raises(TritonUnavailable, match="no attribution model is ready"):
+            await b.variant("attribution", "fp32", 1.0)
+        fake.models = ["vit_classify_fp32", "vit_explain_fp16", "vit_attribution_fp32"]
+        b._invalid = True  # as after a failed call: look again
+        assert (await b.variant("attribution", "fp32", 1.0)).name == "vit_attribution_fp32"
+        with pytest.raises(InvalidParameter, match="'fp16' is not served for attribution; avail"):
+            await b.variant("attribution", "fp16", 1.0)
+
+    asyncio.run(scenario())
+
+
+def test_extra_inputs_are_sent_with_their_numpy_type_per_image(backend):
+    async def scenario():
+        b, fake = await backend()
+        variant = await b.variant("classify", "fp32", 1.0)
+        scalars = {"target_class": np.int32(-1), "discard_ratio": np.float32(0.5)}
+        await b.infer(variant, np.zeros((6, 3, 8, 8), np.uint8), ["logits"], 1.0, scalars)
+        for inputs, n in zip(fake.sent, [4, 2], strict=True):  # max_batch_size 4: two chunks
+            sent = {i.name(): i for i in inputs[1:]}
+            assert sent["target_class"].datatype() == "INT32"
+            assert sent["discard_ratio"].datatype() == "FP32"
+            assert sent["target_class"].shape() == [n, 1]
 
     asyncio.run(scenario())
