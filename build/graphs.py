@@ -94,12 +94,9 @@ def fuse_heads(attn: torch.Tensor, fusion: str) -> torch.Tensor:
     raise ValueError(f"unknown head fusion {fusion!r}; expected one of {HEAD_FUSIONS}")
 
 
-class ExplainGraph(nn.Module):
-    """Classifier plus in-graph rollout. Works on a private copy with fused attention disabled,
-    because scaled_dot_product_attention never materialises the attention probabilities.
-
-    Inputs: image (B, 3, H, W) uint8 and discard_ratio (B, 1) float32, one ratio per image. The
-    three head fusions run stacked as (B, 3, T, T), so each layer's discard is one bisection."""
+class _AttentionGraph(nn.Module):
+    """A copy of the model whose attention probabilities every forward pass collects, in block
+    order (timm's fused attention off), plus the normalisation and an identity over its tokens."""
 
     def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
         super().__init__()
@@ -113,13 +110,25 @@ class ExplainGraph(nn.Module):
             attn.attn_drop.register_forward_hook(self._capture)
         tokens = layout.num_prefix_tokens + layout.grid[0] * layout.grid[1]
         self.register_buffer("eye", torch.eye(tokens, dtype=torch.float32))
+
+    def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._captured.append(output)
+
+
+class ExplainGraph(_AttentionGraph):
+    """Classifier plus in-graph rollout. Works on a private copy with fused attention disabled,
+    because scaled_dot_product_attention never materialises the attention probabilities.
+
+    Inputs: image (B, 3, H, W) uint8 and discard_ratio (B, 1) float32, one ratio per image. The
+    three head fusions run stacked as (B, 3, T, T), so each layer's discard is one bisection."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
+        super().__init__(model, pre, layout)
+        tokens = self.eye.shape[0]
         # vit-explain never discards the CLS-to-CLS entry; without a CLS token nothing is kept.
         keep = torch.zeros(tokens, tokens, dtype=torch.bool)
         keep[0, 0] = layout.query == "cls"
         self.register_buffer("keep", keep)
-
-    def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        self._captured.append(output)
 
     def _rollout(self, attentions: list[torch.Tensor], discard_ratio: torch.Tensor) -> torch.Tensor:
         """(B, fusions, grid_h, grid_w) for HEAD_FUSIONS in order."""
@@ -162,7 +171,7 @@ def query_row(relevance: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return row.reshape(row.shape[0], *layout.grid)
 
 
-class AttributionGraph(nn.Module):
+class AttributionGraph(_AttentionGraph):
     """Classifier plus Chefer et al. 2021 class-specific attribution (build/attribution_reference.py
     states the formula). Written with torch.autograd.grad, so it only exports after make_fx has
     turned the backward pass into plain ops (build/export.py export_attribution).
@@ -173,21 +182,9 @@ class AttributionGraph(nn.Module):
     d(sum_b y[b, c_b])/dA[b] = dy[b, c_b]/dA[b]."""
 
     def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
-        super().__init__()
-        self.normalise = Normalise(pre)
-        self.model = copy.deepcopy(model).eval()
+        super().__init__(model, pre, layout)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)  # only the graph's own input is differentiated
-        self.layout = layout
-        self._captured: list[torch.Tensor] = []
-        for attn in attention_modules(self.model):
-            attn.fused_attn = False
-            attn.attn_drop.register_forward_hook(self._capture)
-        tokens = layout.num_prefix_tokens + layout.grid[0] * layout.grid[1]
-        self.register_buffer("eye", torch.eye(tokens, dtype=torch.float32))
-
-    def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        self._captured.append(output)
 
     def forward(self, image: torch.Tensor, target_class: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._captured = []
