@@ -1,6 +1,7 @@
 """(b) of `make bench-e2e`: each served model alone, in this process, at every batch bucket up to
 its max_batch_size, with the runtime settings its config.pbtxt gives Triton (runtime, precision
-hint, threads) on the ONNX file Triton serves. The best batch's images/s is the limit that the
+hint, instances and threads per instance, all instances busy at once) on the ONNX file Triton
+serves. The best batch's images/s is the limit that the
 end-to-end capacity is compared with.
 """
 
@@ -10,9 +11,11 @@ import importlib.util
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from google.protobuf import text_format
@@ -65,31 +68,56 @@ def served_runtimes(model: ServedModel) -> ModuleType:
     return module
 
 
+def instance_threads(model: ServedModel) -> int:
+    """OpenVINO threads per instance, by the rule the served model.py applies ("0" = an equal
+    share of the cores among the instances)."""
+    return model.threads or max(1, len(os.sched_getaffinity(0)) // model.instances)
+
+
 def measure(model: ServedModel, images: np.ndarray, seconds: float) -> list[BatchSpeed]:
-    """Median latency per batch size after 3 warm-up runs (at least 5 runs, `seconds` long)."""
+    """Images/s per batch size with every instance of the config running at once (one runner per
+    instance, each on its own thread, as Triton runs them under load), after 3 warm-up runs each;
+    median latency over all runs (at least 5 per instance, `seconds` long)."""
     runtimes = served_runtimes(model)
-    runner = runtimes.create_runner(
-        model.runtime,
-        str(model.onnx),
-        threads=model.threads,
-        precision=model.precision_hint,
-        max_batch=model.max_batch_size,
-    )
-    speeds = []
-    for batch in runtimes.batch_buckets(model.max_batch_size):
-        x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        for _ in range(3):
-            runner.run(x)
-        times: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(times) < 5:
-            start = time.perf_counter()
-            runner.run(x)
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        speeds.append(
-            BatchSpeed(batch, round(1000 * median, 3), len(times), round(batch / median, 1))
+    runners = [
+        runtimes.create_runner(
+            model.runtime,
+            str(model.onnx),
+            threads=instance_threads(model),
+            precision=model.precision_hint,
+            max_batch=model.max_batch_size,
         )
+        for _ in range(model.instances)
+    ]
+    speeds = []
+    with ThreadPoolExecutor(len(runners)) as pool:  # the runtimes release the GIL while running
+        for batch in runtimes.batch_buckets(model.max_batch_size):
+            x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+
+            def loop(runner: Any, until: float, x: np.ndarray = x) -> list[float]:
+                for _ in range(3):
+                    runner.run(x)
+                times: list[float] = []
+                while time.perf_counter() < until or len(times) < 5:
+                    start = time.perf_counter()
+                    runner.run(x)
+                    times.append(time.perf_counter() - start)
+                return times
+
+            started = time.perf_counter()
+            runs = list(pool.map(loop, runners, [started + seconds] * len(runners)))
+            elapsed = time.perf_counter() - started
+            times = [t for one in runs for t in one]
+            # images/s over the common window: every instance's runs, warm-ups excluded
+            busy = max(sum(one) for one in runs)
+            speeds.append(
+                BatchSpeed(
+                    batch,
+                    round(1000 * statistics.median(times), 3),
+                    len(times),
+                    round(batch * len(times) / min(busy, elapsed), 1),
+                )
+            )
     return speeds
 
 
@@ -101,8 +129,8 @@ def limit(model: ServedModel, images: np.ndarray, seconds: float) -> dict:
         "model": model.name,
         "runtime": model.runtime,
         "precision_hint": model.precision_hint or "default",
-        "threads": model.threads or len(os.sched_getaffinity(0)),
-        "instances_in_config": model.instances,
+        "threads": instance_threads(model),
+        "instances": model.instances,
         "batches": [asdict(s) for s in speeds],
         "best_batch": best.batch,
         "best_images_per_s": best.images_per_s,
