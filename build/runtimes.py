@@ -167,8 +167,31 @@ class OpenVinoRunner:
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
 
 
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
+    """Whole CPUs a container's CFS quota allows (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us),
+    rounded up; None without a quota. A pod limited to 2 CPUs on a 32-core node still sees 32
+    cores in its affinity mask: sized by that, OpenVINO would run 32 threads on 2 CPUs' time."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or int(period) <= 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use: its affinity mask, capped by a container's CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores or 1, limit or cores or 1))
 
 
 def create_runner(

@@ -36,3 +36,21 @@ def test_a_split_batch_answers_each_image_as_if_alone(openvino_classify, heldout
 def test_a_batch_over_max_batch_size_is_refused(openvino_classify):
     with pytest.raises(ValueError, match="exceeds max_batch_size 16"):
         openvino_classify.run(np.zeros((17, 3, 32, 32), np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, a 2-CPU limit
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no limit
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files: not in a container
+    ],
+)
+def test_a_containers_cpu_quota_caps_the_default_threads(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert runtimes.cgroup_cpu_limit(str(tmp_path)) == expected
