@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from build import engine_check
-from build.repository import PRECISIONS, TASKS, model_name
+from build.repository import (
+    ATTRIBUTION_PRECISIONS,
+    ATTRIBUTION_TASK,
+    PRECISIONS,
+    TASKS,
+    model_name,
+)
 from build.tensorrt_engine import gpu_models
 from tests.helpers import ROOT
 
@@ -48,7 +54,9 @@ def test_without_gpu_or_tensorrt_one_line_error_no_traceback(repository):
 
 
 def test_engines_are_built_for_exactly_the_models_the_repository_holds(copy):
-    assert gpu_models(copy) == sorted((model_name(t, p), t, p) for t in TASKS for p in PRECISIONS)
+    built = [(t, p) for t in TASKS for p in PRECISIONS]
+    built += [(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS]
+    assert gpu_models(copy) == sorted((model_name(t, p), t, p) for t, p in built)
     for task in TASKS:  # a repository built with --precisions fp32,fp16
         shutil.rmtree(copy / "gpu" / model_name(task, "int8"))
     assert {p for _, _, p in gpu_models(copy)} == {"fp32", "fp16"}

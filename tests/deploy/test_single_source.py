@@ -14,7 +14,14 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from build.repository import PRECISIONS, TARGETS, TASKS, model_name
+from build.repository import (
+    ATTRIBUTION_PRECISIONS,
+    ATTRIBUTION_TASK,
+    PRECISIONS,
+    TARGETS,
+    TASKS,
+    model_name,
+)
 from local_triton.launcher import GrpcKeepalive, Ports, add_server_arguments
 from service import gunicorn_conf
 from service.config import Settings
@@ -113,6 +120,7 @@ def test_gateway_port_agrees_everywhere():
 
 def test_model_names_agree_with_the_build_stage():
     names = {model_name(t, p) for t in TASKS for p in PRECISIONS}
+    names |= {model_name(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS}
     tracked = subprocess.run(
         ["git", "ls-files", "model_repository"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
