@@ -7,8 +7,13 @@ Explainability): for the target logit y_c, with A_l the attention probabilities 
 
     R = I;  for l = 1..L:  R <- R + mean_heads(clamp(dA_l * A_l, min=0)) @ R
 
-and the map is the query row of R over the patch tokens: the CLS row, or the mean over the patch
-rows for models without a CLS token (the same reading as rollout). Not normalised.
+and the map is the query row of R - I over the patch tokens: the CLS row, or the mean over the
+patch rows for models without a CLS token (the same reading as rollout). Not normalised.
+
+Why R - I (the relevance each token gets beyond the identity R starts from): in the CLS row the
+identity is 0 over the patches, so nothing changes; in the mean of the patch rows it adds the same
+1/N to every patch, which carries nothing and, on models such as vit_*_reg*_gap, is ~1e3-1e4 times
+the map's own variation: in fp16 (ulp 2^-10 relative) the map would drown in its rounding.
 
 Eager autograd, one image at a time, R accumulated in float64, so nothing is shared with the
 batched, traced graph (build/graphs.py AttributionGraph) that this checks.
@@ -87,6 +92,7 @@ def attribution_reference(
         for attn, grad in zip(attentions, grads, strict=True):
             cam = (grad[0].double() * attn[0].detach().double()).clamp(min=0).mean(dim=0)
             relevance = relevance + cam @ relevance
+        relevance = relevance - torch.eye(tokens, dtype=torch.float64)
         if layout.query == "cls":
             row = relevance[0, prefix:]
         else:

@@ -1,11 +1,12 @@
 """Cost of class-specific attribution: images/s of the attribution graph against the explain
-graph (rollout), per CPU runtime and batch, fp32 (the only attribution precision).
+graph (rollout), per CPU runtime, precision and batch.
 
   python -m build.bench_attribution --repository model_repository          # a built repository
   python -m build.bench_attribution --timm vit_small_patch16_224           # random weights,
-                                                                             # graphs exported here
+                                                                             # graphs made here
 Writes docs/benchmarks/attribution-cost.{json,md} (one section per model). Cells are
-build.bench.measure's medians; the runtimes run as the cpu target serves them (OpenVINO at f32).
+build.bench.measure's medians; OpenVINO runs each precision as the cpu target serves it (fp32 at
+f32, fp16/int8 at OpenVINO's default hint); ONNX Runtime fp32 is there for comparison.
 """
 
 from __future__ import annotations
@@ -20,17 +21,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import contract, export, graphs, runtimes
+from build import contract, export, graphs, precision, runtimes
 from build.bench import BATCHES, measure
 from build.names import ATTRIBUTION_TASK
-from build.repository import onnx_path
+from build.repository import CPU_PRECISION_HINT, onnx_path
 
 TASKS = ("explain", ATTRIBUTION_TASK)
-RUNTIMES = (("onnxruntime", ""), ("openvino", "f32"))
+CONFIGURATIONS = (  # (runtime, precision): OpenVINO as served, ONNX Runtime fp32 to compare
+    ("openvino", "fp32"),
+    ("openvino", "fp16"),
+    ("openvino", "int8"),
+    ("onnxruntime", "fp32"),
+)
+CALIBRATION_IMAGES = 32  # int8 of a random-weight model: the timing, not the accuracy, matters
 
 
 def export_timm(name: str, out: Path) -> tuple[str, tuple[int, int]]:
-    """Explain and attribution graphs of a random-weight timm model into out/onnx/."""
+    """Explain and attribution graphs of a random-weight timm model into out/onnx/, with their
+    fp16 and int8 variants (build/precision.py, calibrated on random images)."""
     import timm
 
     torch.manual_seed(0)
@@ -40,30 +48,41 @@ def export_timm(name: str, out: Path) -> tuple[str, tuple[int, int]]:
     export.export(explain, pre.input_size, True, onnx_path(out, "explain", "fp32"))
     attribution = graphs.AttributionGraph(model, pre, layout)
     export.export_attribution(attribution, pre.input_size, onnx_path(out, ATTRIBUTION_TASK, "fp32"))
+    calibration = random_images(CALIBRATION_IMAGES, pre.input_size)
+    for task in TASKS:
+        fp32 = onnx_path(out, task, "fp32")
+        precision.to_fp16(fp32, onnx_path(out, task, "fp16"))
+        precision.to_int8(fp32, onnx_path(out, task, "int8"), calibration)
     return f"{name} (random weights)", pre.input_size
 
 
+def random_images(count: int, size: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, 3, *size), np.uint8)
+
+
 def measure_model(repository: Path, size: tuple[int, int], seconds: float, threads: int) -> list:
-    images = np.random.default_rng(0).integers(0, 256, (max(BATCHES), 3, *size), np.uint8)
+    images = random_images(max(BATCHES), size)
     rows = []
-    for runtime, hint in RUNTIMES:
+    for runtime, p in CONFIGURATIONS:
+        hint = CPU_PRECISION_HINT[p] if runtime == "openvino" else ""
         for task in TASKS:
-            path = str(onnx_path(repository, task, "fp32"))
+            path = str(onnx_path(repository, task, p))
             runner = runtimes.create_runner(runtime, path, threads, hint, max(BATCHES))
             for batch in BATCHES:
                 m = measure(lambda b=batch, r=runner: r.run(images[:b]), seconds)
-                m.update(task=task, runtime=runtime, batch=batch)
+                m.update(task=task, runtime=runtime, precision=p, batch=batch)
                 m["images_per_s"] = round(batch / (m["median_ms"] / 1000), 2)
                 rows.append(m)
                 print(
-                    f"{task:11s} {runtime:11s} batch {batch}: {m['images_per_s']} img/s", flush=True
+                    f"{task:11s} {runtime:11s} {p} batch {batch}: {m['images_per_s']} img/s",
+                    flush=True,
                 )
     return rows
 
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Class-specific attribution: cost against rollout (explain), fp32, CPU",
+        "# Class-specific attribution: cost against rollout (explain), CPU",
         "",
         f"Measured {result['measured_at']} with `python -m build.bench_attribution`, "
         f"{result['threads']} threads, {result['method']}.",
@@ -71,19 +90,27 @@ def markdown(result: dict) -> str:
     if result.get("note"):
         lines += ["", f"**{result['note']}**"]
     for model in result["models"]:
-        keyed = {(r["task"], r["runtime"], r["batch"]): r["images_per_s"] for r in model["rows"]}
+        keyed = {
+            (r["task"], r["runtime"], r["precision"], r["batch"]): r["images_per_s"]
+            for r in model["rows"]
+        }
         lines += [
             "",
             f"## {model['model']} ({'x'.join(map(str, model['input_size']))})",
             "",
-            "| runtime | batch | explain img/s | attribution img/s | attribution / explain |",
-            "|---|---:|---:|---:|---:|",
+            "| runtime | precision | batch | explain img/s | attribution img/s "
+            "| attribution / explain | attribution / its fp32 |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
-        for runtime, _ in RUNTIMES:
+        for runtime, p in CONFIGURATIONS:
             for batch in BATCHES:
-                e = keyed[("explain", runtime, batch)]
-                a = keyed[(ATTRIBUTION_TASK, runtime, batch)]
-                lines.append(f"| {runtime} | {batch} | {e:.1f} | {a:.1f} | {a / e:.2f} |")
+                e = keyed[("explain", runtime, p, batch)]
+                a = keyed[(ATTRIBUTION_TASK, runtime, p, batch)]
+                base = keyed[(ATTRIBUTION_TASK, runtime, "fp32", batch)]
+                lines.append(
+                    f"| {runtime} | {p} | {batch} | {e:.1f} | {a:.1f} | {a / e:.2f} "
+                    f"| {a / base:.2f} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -42,13 +42,13 @@ from build import (
     visual_report,
 )
 from build.contract import ModelContract, preprocessing, token_layout
-from build.gates import GateRefused, apply_gates, raise_if_refused
+from build.gates import GateRefused, apply_gates, raise_if_refused, served_attribution
 from build.graphs import AttributionGraph, ClassifyGraph, ExplainGraph
 from build.repository import (
-    ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
     PRECISIONS,
     TASKS,
+    VARIANT_TASKS,
     gpu_onnx_path,
     onnx_path,
 )
@@ -263,27 +263,16 @@ def export_and_verify_attribution(
         # The gpu target serves this same fp32 file: can TensorRT's ONNX parser take every op?
         "tensorrt_parser_ops": tensorrt_ops.check(onnx.load(str(path))),
         "reference": "build/attribution_reference.py (Chefer et al. 2021, eager autograd)",
-        "precisions_built": list(ATTRIBUTION_PRECISIONS),
-        "precisions_not_built": ATTRIBUTION_NOT_BUILT,
         "onnxruntime": verify.check_attribution(ort, reference, sample),
         "openvino_f32": verify.check_attribution(ov, reference, sample),
     }
-
-
-# Recorded in every build report (parity.attribution): why fp16/int8 attribution is not served.
-ATTRIBUTION_NOT_BUILT = {
-    "fp16": "not built: the fp16/int8 recipes (build/precision.py, build/gpu_precision.py) are "
-    "made and gated for the forward graphs; a gradient map through them has no faithfulness "
-    "check yet, so only vit_attribution_fp32 is written (both targets)",
-    "int8": "not built: same reason as fp16 (quantized weights in the backward pass unchecked)",
-}
 
 
 def make_variants(
     out: Path, precisions: tuple[str, ...], calibration: source.Images, method: str
 ) -> dict:
     """CPU variants (onnx/) for OpenVINO, GPU variants (onnx/gpu/) with Model Optimizer."""
-    for task in TASKS:
+    for task in VARIANT_TASKS:
         fp32 = onnx_path(out, task, "fp32")
         if "fp16" in precisions:
             log.info("precision: cpu fp16 %s", task)
@@ -299,15 +288,24 @@ def make_variants(
         log.info("precision: gpu %s (NVIDIA Model Optimizer)", ", ".join(lower))
         jobs = [
             (p, onnx_path(out, task, "fp32"), gpu_onnx_path(out, task, p))
-            for task in TASKS
+            for task in VARIANT_TASKS
             for p in lower
         ]
         precision.to_gpu_variants(jobs, images, method)
     return {
+        # A failed check refuses the build (verify.failures over this section).
+        "tensorrt_parser_ops": {
+            f"{ATTRIBUTION_TASK}_{p}": tensorrt_ops.check(
+                onnx.load(str(gpu_onnx_path(out, ATTRIBUTION_TASK, p)))
+            )
+            for p in lower
+        },
         "tool": "NVIDIA Model Optimizer: AutoCast (fp16), ONNX PTQ (int8)",
         "versions": modelopt_versions(),
         "calibration_method": precision.GPU_CALIBRATION_METHOD[method],
-        "onnx": {f"{t}_{p}": str(gpu_onnx_path(Path(), t, p)) for t in TASKS for p in lower},
+        "onnx": {
+            f"{t}_{p}": str(gpu_onnx_path(Path(), t, p)) for t in VARIANT_TASKS for p in lower
+        },
     }
 
 
@@ -349,6 +347,9 @@ def build(args: argparse.Namespace) -> dict:
         report["gpu_variants"] = make_variants(
             stage, precisions, loaded.calibration, args.calibration_method
         )
+        failed = verify.failures(report["gpu_variants"])
+        if failed:
+            raise verify.VerificationError("TensorRT parser check failed: " + ", ".join(failed))
         report["variants"], gpu_outputs = evaluate.variants(
             stage, precisions, loaded.heldout, threads
         )
@@ -358,11 +359,16 @@ def build(args: argparse.Namespace) -> dict:
         if loaded.origin == source.OFFLINE_DEFAULT:
             (stage / "source").mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), stage / "source" / "digits_vit.pth")
-        gpu_outputs.update(evaluate.attribution_engine_reference(stage, loaded.heldout, threads))
         evaluate.write_engine_reference(stage, loaded.heldout, gpu_outputs)
         samples = loaded.heldout.images[: visual_report.SAMPLES]
         report["visual_report"] = visual_report.write(stage, report, samples, contract.labels).name
-        written = repository.write(stage, contract, precisions, args.cpu_instances or None)
+        written = repository.write(
+            stage,
+            contract,
+            precisions,
+            args.cpu_instances or None,
+            served_attribution(report["gates"], precisions),
+        )
         report["repository"] = {"path": str(out), "models": written}
         report["seconds"] = round(time.perf_counter() - started, 1)
         _write_report(stage, report)

@@ -31,9 +31,12 @@ MIN_HEATMAP_CORRELATION = 0.99
 DISCARD_IMAGES = 64
 DISCARD_RATIO_KEY = "discard_ratio"
 MIN_HEATMAP_CORRELATION_DISCARD = 0.95
-# Attribution engines (fp32 only) run the first ATTRIBUTION_IMAGES for their top-1 class; the map
-# must correlate with ONNX Runtime's like explain's.
+# Attribution engines run the first ATTRIBUTION_IMAGES for their top-1 class; the map must
+# correlate with ONNX Runtime's (on the same graph) like explain's. INT8: TensorRT's kernels round
+# differently from ONNX Runtime's Q/DQ emulation and the backward pass carries that into the map,
+# so the bar is the build's attribution gate (vs fp32), not explain's.
 ATTRIBUTION_IMAGES = 64
+MIN_ATTRIBUTION_CORRELATION = {"fp32": 0.99, "fp16": 0.99, "int8": 0.95}
 DROP_LIMIT = {"int8": INT8_MAX_DROP_POINTS, "fp16": FP16_FLAG_DROP_POINTS}
 
 
@@ -107,8 +110,9 @@ def verify_engine(plan: bytes, reference, task: str, precision: str, max_batch: 
             reference[reference_key(task, precision, ATTRIBUTION)], got[ATTRIBUTION]
         )
         result["heatmap_correlation_vs_onnxruntime"] = round(corr, 6)
-        if corr < MIN_HEATMAP_CORRELATION:
-            failures.append(f"attribution correlation below {MIN_HEATMAP_CORRELATION}")
+        if corr < MIN_ATTRIBUTION_CORRELATION[precision]:
+            bar = MIN_ATTRIBUTION_CORRELATION[precision]
+            failures.append(f"attribution correlation below {bar}")
     if task == "explain":
         corr = _correlation(
             reference[reference_key(task, precision, "rollout_mean")], got["rollout_mean"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from build import engine_check, repository, runtimes, source, verify
+from build.names import ATTRIBUTION, LOGITS
 from build.repository import gpu_onnx_path, onnx_path
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,17 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
 
     Each logit set is computed once: the classify graph over every held-out image (accuracy, the
     gates), the explain graph over the first HEATMAP_IMAGES (heatmap correlation against the fp32
-    explain graph, and its own top-1 agreement). Also returns ONNX Runtime's outputs of every gpu
-    graph on the first images, for the engines step to compare TensorRT with."""
+    explain graph, and its own top-1 agreement), the attribution graph over the first
+    engine_check.ATTRIBUTION_IMAGES for their top-1 class (map correlation against fp32's).
+    Also returns ONNX Runtime's outputs of every gpu graph on the first images, for the engines
+    step to compare TensorRT with."""
     results: dict = {p: {} for p in precisions}
     gpu_outputs: dict = {}
     baseline: dict = {}
     heat_images = heldout.images[:HEATMAP_IMAGES]
     heat_labels = None if heldout.labels is None else heldout.labels[:HEATMAP_IMAGES]
+    attribution_images = heldout.images[: engine_check.ATTRIBUTION_IMAGES]
+    attribution_labels = None if heat_labels is None else heat_labels[: len(attribution_images)]
     for p in precisions:
         for runtime_name, (target, engine) in RUNTIMES.items():
             if p == "fp32" and target == "gpu":
@@ -70,7 +75,11 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
             hint = repository.CPU_PRECISION_HINT[p] if engine == "openvino" else ""
             path = gpu_onnx_path if target == "gpu" else onnx_path
             got = {}
-            for task, images in (("classify", heldout.images), ("explain", heat_images)):
+            for task, images in (
+                ("classify", heldout.images),
+                ("explain", heat_images),
+                (repository.ATTRIBUTION_TASK, attribution_images),  # each image's top-1 class
+            ):
                 runner = runtimes.create_runner(engine, str(path(out, task, p)), threads, hint, 16)
                 got[task] = _evaluate(runner, images, f"{p} {task} {runtime_name}")
             if p == "fp32":
@@ -80,7 +89,7 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
             ):
                 n = engine_check.REFERENCE_IMAGES
                 for task, outputs in got.items():
-                    for name in ("logits", "rollout_mean"):
+                    for name in ("logits", "rollout_mean", ATTRIBUTION):
                         if name in outputs:
                             key = engine_check.reference_key(task, p, name)
                             gpu_outputs[key] = outputs[name][:n]
@@ -104,20 +113,24 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
             entry["explain"]["heatmap_correlation_vs_fp32"] = verify.heatmap_correlation(
                 ref["explain"]["rollout_mean"], got["explain"]["rollout_mean"]
             )
+            # The attribution gate reads map_correlation_vs_fp32 (build/gates.py).
+            task = repository.ATTRIBUTION_TASK
+            entry[task] = verify.accuracy_summary(
+                got[task][LOGITS], ref[task][LOGITS], attribution_labels
+            )
+            entry[task]["images"] = len(attribution_images)
+            # Top-1 (-1) maps of the images whose top-1 class is fp32's: where it flipped, the
+            # map explains another class (the classify gates judge flips, not this one).
+            same = got[task][LOGITS].argmax(1) == ref[task][LOGITS].argmax(1)
+            entry[task]["images_compared"] = int(same.sum())
+            entry[task]["map_correlation_vs_fp32"] = (
+                verify.heatmap_correlation(
+                    ref[task][ATTRIBUTION][same], got[task][ATTRIBUTION][same]
+                )
+                if same.any()
+                else {"mean": 0.0, "min": 0.0}
+            )
             if engine == "openvino":
                 entry["precision_hint"] = hint or "default"
             results[p][runtime_name] = entry
     return results, gpu_outputs
-
-
-def attribution_engine_reference(out: Path, heldout: source.Images, threads: int) -> dict:
-    """ONNX Runtime's attribution outputs (top-1 class) on the first images, for the engines step;
-    the attribution graph is fp32 only, the same file on both targets."""
-    images = heldout.images[: engine_check.ATTRIBUTION_IMAGES]
-    path = onnx_path(out, repository.ATTRIBUTION_TASK, "fp32")
-    runner = runtimes.create_runner("onnxruntime", str(path), threads)
-    got = verify.run_batched(runner, images, 16)
-    return {
-        engine_check.reference_key(repository.ATTRIBUTION_TASK, "fp32", name): value
-        for name, value in got.items()
-    }

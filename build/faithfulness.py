@@ -15,6 +15,8 @@ classifier. Lower area under that curve = more faithful. Methods:
   (build/attribution_reference.py); the JSON and the table say which.
 * rollout: the served explain graph's attention rollout (mean heads, discard 0: the product's
   default; max heads with discard 0.9 as vit-explain users run it). The same map for every class.
+* attribution (fp16), attribution (int8): the served lower-precision attribution graphs
+  (onnx/attribution_{fp16,int8}.onnx, OpenVINO as the cpu target serves them), when built.
 * random: uniform noise maps, the mean over several seeds.
 
 Masked patches take a neutral value. The main table uses grey 128, i.e. ~0 after the model's
@@ -48,11 +50,14 @@ ROLLOUTS = {  # method name -> (head fusion, discard ratio)
     "rollout (mean, discard 0)": ("mean", 0.0),
     "rollout (max, discard 0.9)": ("max", 0.9),
 }
+# The served lower-precision attribution graphs (when the repository has them): is their map as
+# faithful as fp32's? Always from the served graphs, whatever --source says for fp32.
+VARIANTS = {"attribution (fp16)": "fp16", "attribution (int8)": "int8"}
 RANDOM = "random"
 # The top-2 class deleted with the top-1 class's attribution map: if attribution is class-specific,
 # the top-2 class's own map must find its evidence faster than this one does.
 CROSS = "attribution of the top-1 class"
-METHODS = (ATTRIBUTION, *ROLLOUTS, RANDOM, CROSS)  # order of the tables and the plot
+METHODS = (ATTRIBUTION, *VARIANTS, *ROLLOUTS, RANDOM, CROSS)  # order of the tables and the plot
 
 
 def baseline_images(images: np.ndarray, name: str, patch_size: int) -> np.ndarray:
@@ -156,6 +161,13 @@ def collect_maps(
         rollout = map_sources.rollout(explain, fusion, ratio)
         for target, classes in targets.items():  # the graph has no class input: same maps
             maps[method, target] = [rollout(x, classes)]
+    for method, precision in VARIANTS.items():
+        if map_sources.attribution_onnx(repository, precision).is_file():
+            served = map_sources.served_attribution(
+                repository, threads=threads, precision=precision
+            )
+            for target, classes in targets.items():
+                maps[method, target] = [served(x, classes)]
     for target, classes in targets.items():
         maps[ATTRIBUTION, target] = [attribution(x, classes)]
         maps[RANDOM, target] = [
@@ -168,7 +180,9 @@ def collect_maps(
 def map_agreement(maps: dict[tuple[str, str], list[np.ndarray]]) -> dict:
     """How alike each method's top-1 and top-2 maps are, mean over images."""
     differ = {}
-    for method in (ATTRIBUTION, *ROLLOUTS):
+    for method in (ATTRIBUTION, *VARIANTS, *ROLLOUTS):
+        if (method, "top-1") not in maps:
+            continue
         a, b = maps[method, "top-1"][0], maps[method, "top-2"][0]
         differ[method] = {
             "rank_correlation": round(float(rank_correlation(a, b).mean()), 4) + 0.0,
@@ -282,7 +296,14 @@ def markdown(result: dict, plot_name: str) -> str:
         "the area under that curve (mean ± standard error over images). **Lower is more "
         f"faithful.** Attribution maps come from the {result['attribution_source']}; "
         f"probabilities from {result['probabilities_from']}; random: mean of "
-        f"{result['random_seeds']} seeds.",
+        f"{result['random_seeds']} seeds."
+        + (
+            " The fp16 and int8 rows are the served lower-precision attribution graphs "
+            "(onnx/attribution_{fp16,int8}.onnx, OpenVINO at its default precision, as the cpu "
+            "target serves them)."
+            if any(r["method"] in VARIANTS for r in result["rows"])
+            else ""
+        ),
         "",
         f"Masked patches are grey: {result['baselines']['grey']}.",
         "",
@@ -355,7 +376,11 @@ def plot(result: dict, path: Path):
                 row["curve"],
                 marker=".",
                 label=f"{row['method']} (AUC {row['auc']:.3f})",
-                linestyle="--" if row["method"] in (RANDOM, CROSS) else "-",
+                linestyle=":"
+                if row["method"] in VARIANTS
+                else "--"
+                if row["method"] in (RANDOM, CROSS)
+                else "-",
             )
         ax.set(
             xlabel="fraction of patches masked, most relevant first",

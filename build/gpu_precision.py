@@ -39,6 +39,15 @@ It imports only numpy, onnx and modelopt (which brings torch), never the rest of
     high_precision_dtype fp32 and then made FP16 by AutoCast with the same exclusion.
   - Calibration and AutoCast's sample feed discard_ratio = 0 (plain rollout); the input stays FP32
     and is never quantized (only MatMul/Gemm/Conv inputs are).
+  Attribution graphs (their second input is target_class; fed -1, each image's top-1 class):
+  - FP16: AutoCast as for classify, over the whole graph, backward pass included: the map is the
+    gradient of the FP16 model, measured against the FP32 map by the build's attribution gate.
+  - INT8: Q/DQ on the forward pass as for classify, except the MatMuls that read a tensor the
+    backward pass reads (rollout_matmuls: attn@V, which reads the attention probabilities, and
+    Q@K^T after the first block, whose q and k the backward pass reads); a Q/DQ pair there would
+    hand the backward pass INT8 values (default model: map correlation with fp32 0.9975 with
+    them quantized, 0.9993 without). The backward pass (every node that does not reach
+    the logits) gets no Q/DQ and runs in FP16.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ import onnx
 
 INPUT_NAME = "image"  # build.names.INPUT_NAME (not imported: this runs outside the build's env)
 DISCARD_RATIO = "discard_ratio"  # build.names.DISCARD_RATIO: explain graphs' second input
+TARGET_CLASS = "target_class"  # build.names.TARGET_CLASS: attribution graphs' second input
 LOGITS = "logits"
 CALIBRATION_BATCH = 16  # bounds calibration memory: one batch of activations at a time
 # Model Optimizer's INT8 PTQ calibrates with "max" or "entropy" (int8.py); anything else is max.
@@ -89,9 +99,10 @@ def fp32_patterns(model: onnx.ModelProto) -> list[str] | None:
 
 
 def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMuls to keep out of INT8 in the explain graph: those of the rollout (they never reach
-    the logits) and those that read a tensor the rollout also reads (attn@V reads the attention
-    probabilities: a Q/DQ pair on that tensor would hand the rollout INT8 probabilities too)."""
+    """MatMuls to keep out of INT8 in explain and attribution graphs: those that never reach the
+    logits (rollout; backward pass) and those that read a tensor these also read (attn@V reads the
+    attention probabilities: a Q/DQ pair on that tensor would hand the rollout, or the backward
+    pass, INT8 probabilities too)."""
     reaches = _reaching_logits(model)
     rollout = [n for n in model.graph.node if n.name not in reaches]
     read_by_rollout = {i for n in rollout for i in n.input}
@@ -103,28 +114,33 @@ def rollout_matmuls(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def takes_ratio(model: onnx.ModelProto) -> bool:
-    return DISCARD_RATIO in {i.name for i in model.graph.input}
+def second_input(model: onnx.ModelProto) -> str | None:
+    """DISCARD_RATIO (explain), TARGET_CLASS (attribution) or None (classify)."""
+    names = {i.name for i in model.graph.input} & {DISCARD_RATIO, TARGET_CLASS}
+    return names.pop() if names else None
 
 
-def feeds(images: np.ndarray, discard_ratio: bool) -> dict[str, np.ndarray]:
+def feeds(images: np.ndarray, second: str | None) -> dict[str, np.ndarray]:
+    """Explain graphs get ratio 0 (the plain rollout), attribution graphs class -1 (top-1)."""
     out = {INPUT_NAME: images}
-    if discard_ratio:
+    if second == DISCARD_RATIO:
         out[DISCARD_RATIO] = np.zeros((len(images), 1), np.float32)
+    elif second == TARGET_CLASS:
+        out[TARGET_CLASS] = np.full((len(images), 1), -1, np.int32)
     return out
 
 
 class _Batches:
     """onnxruntime CalibrationDataReader over a memory-mapped .npy: one batch in memory at once."""
 
-    def __init__(self, images: np.ndarray, batch: int, discard_ratio: bool) -> None:
+    def __init__(self, images: np.ndarray, batch: int, second: str | None) -> None:
         self._images = images
         self._batch = batch
-        self._discard_ratio = discard_ratio  # explain graphs: calibrate the plain rollout (0)
+        self._second = second
         self._next = 0
 
     def _feeds(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
-        return feeds(chunk, self._discard_ratio)
+        return feeds(chunk, self._second)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= len(self._images):
@@ -149,21 +165,32 @@ def autocast_fp16(src: Path, images: np.ndarray) -> onnx.ModelProto:
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     graph = onnx.load(str(src), load_external_data=False)
+    second = second_input(graph)
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "sample.npz"
         first = np.ascontiguousarray(images[:CALIBRATION_BATCH])
-        np.savez(sample, **feeds(first, takes_ratio(graph)))
+        np.savez(sample, **feeds(first, second))
         return convert_to_mixed_precision(
             onnx_path=str(src),
             low_precision_type="fp16",
             keep_io_types=True,
             calibration_data=str(sample),
-            nodes_to_exclude=fp32_patterns(graph),
+            # The rollout stays FP32; an attribution graph's backward pass does not (see above).
+            nodes_to_exclude=fp32_patterns(graph) if second == DISCARD_RATIO else None,
         )
 
 
+def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drops the intermediate shapes Model Optimizer's shape inference wrote: on a registers model
+    (28 tokens, 24 of them patches) it gave one tensor the other's symbolic length and ONNX Runtime
+    refused the attribution graph ("Shape mismatch attempting to re-use buffer"). Every consumer
+    (TensorRT's parser, ONNX Runtime) infers them again."""
+    del model.graph.value_info[:]
+    return model
+
+
 def to_fp16(src: Path, dst: Path, images: np.ndarray) -> None:
-    model = autocast_fp16(src, images)
+    model = without_value_info(autocast_fp16(src, images))
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
 
@@ -174,17 +201,19 @@ def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
     if method not in MODELOPT_METHODS:
         raise ValueError(f"calibration method {method!r}: Model Optimizer has {MODELOPT_METHODS}")
     graph = onnx.load(str(src), load_external_data=False)
+    second = second_input(graph)
+    explain = second == DISCARD_RATIO
     # Model Optimizer would also put Q/DQ on the rollout's (and the bisection's) Add/Mul/Where
-    # inputs: the whole rollout is excluded, plus the attn@V MatMuls (rollout_matmuls).
+    # inputs: the whole rollout is excluded, plus the attn@V MatMuls (rollout_matmuls). In an
+    # attribution graph the same two rules exclude the backward pass and attn@V.
     rollout = [*rollout_matmuls(graph), *(fp32_patterns(graph) or [])]
-    explain = takes_ratio(graph)
     with tempfile.TemporaryDirectory() as tmp:
         # Explain: Q/DQ in an FP32 graph, then AutoCast to FP16 with the rollout kept FP32.
         quantized = Path(tmp) / "int8_fp32.onnx" if explain else dst
         quantize(
             str(src),
             quantize_mode="int8",
-            calibration_data_reader=_Batches(images, CALIBRATION_BATCH, explain),
+            calibration_data_reader=_Batches(images, CALIBRATION_BATCH, second),
             calibration_method=method,
             calibration_eps=["cpu"],  # calibrate on ONNX Runtime's CPU provider: no GPU needed
             nodes_to_exclude=rollout or None,
@@ -192,8 +221,8 @@ def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
             output_path=str(quantized),
             log_level="WARNING",
         )
-        if explain:
-            onnx.save(autocast_fp16(quantized, images), str(dst))
+        model = autocast_fp16(quantized, images) if explain else onnx.load(str(quantized))
+        onnx.save(without_value_info(model), str(dst))
     onnx.checker.check_model(str(dst))
 
 

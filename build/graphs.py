@@ -207,10 +207,13 @@ class AttributionGraph(_AttentionGraph):
             classes = torch.arange(logits.shape[-1], device=logits.device)
             chosen = (logits * (classes == target).to(logits.dtype)).sum()
             grads = torch.autograd.grad(chosen, attentions)
+        # R' = R - I, the relevance without the identity it starts from (attribution_reference
+        # states why the map leaves the identity out): R <- R + cam @ R is
+        # R' <- R' + cam + cam @ R', and the first layer's R' is cam (cam @ I written without
+        # the identity MatMul, as rollout).
         relevance = None
         for attn, grad in zip(attentions, grads, strict=True):
             cam = (grad * attn).clamp(min=0).mean(dim=1)
-            # I + cam @ I written without the identity MatMul (no constant operand, as rollout).
-            relevance = self.eye + cam if relevance is None else relevance + cam @ relevance
+            relevance = cam if relevance is None else relevance + cam + cam @ relevance
         assert relevance is not None
         return logits.detach(), query_row(relevance, self.layout).detach()

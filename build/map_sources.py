@@ -1,9 +1,9 @@
 """Where the faithfulness benchmark gets its maps from, one interface for all of them:
 a MapSource turns uint8 NCHW images and one target class per image into (N, grid_h, grid_w) maps.
 
-* served_attribution: the exported attribution graph (onnx/attribution_fp32.onnx) on the runtime
-  the cpu target serves it with (OpenVINO f32; ONNX Runtime on request): the measurement is of
-  the served graph.
+* served_attribution: the exported attribution graph (onnx/attribution_<precision>.onnx) on the
+  runtime the cpu target serves it with (OpenVINO, f32 for fp32; ONNX Runtime on request): the
+  measurement is of the served graph.
 * reference_attribution: the plain-PyTorch formula (build/attribution_reference.py), for use
   while no attribution graph has been built, or to compare the two.
 * rollout: the served explain graph's attention rollout (onnx/explain_fp32.onnx, OpenVINO f32;
@@ -21,7 +21,12 @@ import numpy as np
 from build import runtimes
 from build.contract import ModelContract
 from build.names import ATTRIBUTION
-from build.repository import ATTRIBUTION_CPU_RUNTIME, ATTRIBUTION_TASK, onnx_path
+from build.repository import (
+    ATTRIBUTION_CPU_RUNTIME,
+    ATTRIBUTION_TASK,
+    CPU_PRECISION_HINT,
+    onnx_path,
+)
 
 MapSource = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BATCH = 16  # OpenVINO's largest compiled bucket here; ONNX Runtime takes any batch
@@ -38,13 +43,18 @@ def attribution_onnx(repository: Path, precision: str = "fp32") -> Path:
 
 
 def served_attribution(
-    repository: Path, runtime: str = ATTRIBUTION_CPU_RUNTIME, threads: int = 0
+    repository: Path,
+    runtime: str = ATTRIBUTION_CPU_RUNTIME,
+    threads: int = 0,
+    precision: str = "fp32",
 ) -> MapSource:
-    """The attribution graph on the runtime the cpu target serves it with (f32)."""
-    path = attribution_onnx(repository)
+    """An attribution graph on the runtime the cpu target serves it with, at the OpenVINO
+    precision hint its config gives (fp32: f32; fp16/int8: OpenVINO's default)."""
+    path = attribution_onnx(repository, precision)
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: rebuild the repository (make repo)")
-    runner = runtimes.create_runner(runtime, str(path), threads, "f32", BATCH)
+    hint = CPU_PRECISION_HINT[precision]
+    runner = runtimes.create_runner(runtime, str(path), threads, hint, BATCH)
 
     def maps(images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         out = runner.run(np.ascontiguousarray(images), target_class=targets.reshape(-1, 1))

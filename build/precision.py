@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from build.graphs import DISCARD_RATIO, INPUT_NAME
+from build.graphs import DISCARD_RATIO, INPUT_NAME, TARGET_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +49,33 @@ def to_fp16(src: Path, dst: Path) -> None:
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
-    # Cast nodes stay as they are (the converter inserts fp16 casts around them): it would retype
-    # a Cast's output to fp16 but keep to=FLOAT, and ONNX Runtime then refuses the graph. This hits
-    # the Cast after the UINT8 input and the Casts in the exported attention's scale computation.
-    casts = [n.name for n in model.graph.node if n.op_type == "Cast"]
+    keep = fp32_nodes(model)
     with warnings.catch_warnings(record=True) as clamped:
         # One warning per tiny weight ("truncated to 1e-07"): counted below instead of printed.
         warnings.simplefilter("always", UserWarning)
         converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, node_block_list=casts
+            model, keep_io_types=True, node_block_list=keep
         )
     if clamped:
         log.info("fp16: %d values outside fp16's range were clamped", len(clamped))
     onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))
     log.info("fp16 variant %s written", dst.name)
+
+
+def fp32_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes the fp16 converter would retype wrongly, kept fp32 (it inserts casts around them):
+    it types every float output fp16 but leaves the attribute that fixes the type, so ONNX Runtime
+    and OpenVINO refuse the graph. Cast (to=FLOAT: after the UINT8 input, in the exported
+    attention's scale), ConstantOfShape (value is float: the attribution graph's one-hot) and a
+    LayerNormalization with its Mean/InvStdDev outputs (typed by stash_type=FLOAT; the attribution
+    graph's backward pass reads them)."""
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Cast", "ConstantOfShape")
+        or (n.op_type == "LayerNormalization" and len([o for o in n.output if o]) > 1)
+    ]
 
 
 def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -89,14 +101,15 @@ class _Calibration:
     so every calibrator (MinMax, Entropy, Percentile) keeps one batch of activations in memory at a
     time and merges ranges/histograms across calls, instead of holding every activation of every
     image until the end (tens of GB at ViT-B/16 on 500 images). Explain graphs also get
-    discard_ratio = 0: calibration sees the backbone and the plain rollout."""
+    discard_ratio = 0 (calibration sees the backbone and the plain rollout), attribution graphs
+    target_class = -1 (each image's top-1 class, what /explain serves by default)."""
 
     def __init__(
-        self, images: np.ndarray, discard_ratio: bool, batch: int = CALIBRATION_BATCH
+        self, images: np.ndarray, second_inputs: set[str], batch: int = CALIBRATION_BATCH
     ) -> None:
         self._images = images
         self._batch = batch
-        self._discard_ratio = discard_ratio
+        self._second = second_inputs
         self._total = -(-len(images) // batch)
         self._range = range(0)
         self._position = 0
@@ -118,15 +131,17 @@ class _Calibration:
         start = index * self._batch
         batch = np.ascontiguousarray(self._images[start : start + self._batch])
         feeds = {INPUT_NAME: batch}
-        if self._discard_ratio:
+        if DISCARD_RATIO in self._second:
             feeds[DISCARD_RATIO] = np.zeros((len(batch), 1), np.float32)
+        if TARGET_CLASS in self._second:
+            feeds[TARGET_CLASS] = np.full((len(batch), 1), -1, np.int32)
         return feeds
 
 
 def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:
     model = onnx.load(str(src))
     include, exclude = weight_matmuls(model)
-    takes_ratio = DISCARD_RATIO in {i.name for i in model.graph.input}
+    second = {i.name for i in model.graph.input} & {DISCARD_RATIO, TARGET_CLASS}
     log.info(
         "int8 %s: quantizing %d weight layers, keeping %d activation matmuls in float, "
         "calibrating (%s) on %d images",
@@ -138,7 +153,7 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax
     )
     # ONNX Runtime's histogram collector print()s a line per collect_data call (per batch here).
     with contextlib.redirect_stdout(io.StringIO()):
-        _quantize_static(src, dst, calibration, method, include, exclude, takes_ratio)
+        _quantize_static(src, dst, calibration, method, include, exclude, second)
     onnx.checker.check_model(str(dst))
 
 
@@ -149,7 +164,7 @@ def _quantize_static(
     method: str,
     include: list,
     exclude: list,
-    takes_ratio: bool,
+    second_inputs: set[str],
 ) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -166,7 +181,7 @@ def _quantize_static(
     quantize_static(
         str(src),
         str(dst),
-        _Calibration(images, takes_ratio),
+        _Calibration(images, second_inputs),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm", "Conv"],
         nodes_to_quantize=include,

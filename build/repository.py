@@ -34,14 +34,15 @@ from build.names import (
 )
 
 TASKS = ("classify", "explain")
-# Chefer et al.'s class-specific attribution (issue 11): built beside TASKS, fp32 only (see
-# ATTRIBUTION_PRECISIONS), and kept out of TASKS so the precision variants, accuracy gates and
-# engine references, which are about classify/explain, are not silently applied to it.
-ATTRIBUTION_PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8")
+# Chefer et al.'s class-specific attribution (issue 11): exported and checked apart from TASKS
+# (make_fx + autograd, its own parity check) and gated by its own measure (map agreement with the
+# fp32 map: build/gates.py). Every precision is made; one whose gate fails is not served.
+ATTRIBUTION_PRECISIONS = PRECISIONS
+VARIANT_TASKS = (*TASKS, ATTRIBUTION_TASK)  # the graphs that get fp16/int8 variants
 # Runtime the cpu target serves attribution with: measured faster on the attribution graph
 # (docs/benchmarks/attribution-cost.md), and both pass the same parity check in every build.
 ATTRIBUTION_CPU_RUNTIME = "openvino"
-PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "gpu")
 BUILD_DIR = Path(__file__).parent
 
@@ -212,9 +213,11 @@ def write(
     contract: ModelContract,
     precisions: tuple[str, ...],
     cpu_instances: int | None = None,
+    attribution_precisions: tuple[str, ...] | None = None,
 ) -> dict:
     """Write both targets for the given precisions; returns the model names per target.
     cpu_instances: see config_text (default: one per core of this machine).
+    attribution_precisions: those whose attribution gate passed (default: all of `precisions`).
 
     model.json goes last: its presence means a complete repository (make uses it as the marker)."""
     (repository / "model.json").unlink(missing_ok=True)
@@ -228,7 +231,8 @@ def write(
                 if old.is_dir() and old.name.startswith("vit_"):
                     shutil.rmtree(old)
         jobs = [(task, p) for task in TASKS for p in precisions]
-        jobs += [(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS if p in precisions]
+        served = precisions if attribution_precisions is None else attribution_precisions
+        jobs += [(ATTRIBUTION_TASK, p) for p in precisions if p in served]
         for task, precision in jobs:
             name = model_name(task, precision)
             model_dir = target_dir / name

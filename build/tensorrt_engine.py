@@ -69,7 +69,8 @@ def gpu_identity() -> dict:
     return {"name": name, "compute_capability": capability, "driver": driver}
 
 
-# (task, precision) of every model the build writes; attribution is fp32 only.
+# (task, precision) of every model the build can write (an attribution precision whose gate
+# failed has no config, so no engine).
 MODELS = {(t, p) for t in TASKS for p in PRECISIONS}
 MODELS |= {(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS}
 

@@ -1,6 +1,6 @@
 """Does an ONNX graph stay inside what TensorRT's ONNX parser supports? Checked on the attribution
-graph at build time (its backward pass brings ops the forward graphs never had), recorded in the
-build report, so the gpu target's config is not a guess.
+graphs at build time, fp32 and the gpu fp16/int8 variants (the backward pass brings ops the forward
+graphs never had), recorded in the build report, so the gpu target's configs are not a guess.
 
 SUPPORTED is the subset of onnx-tensorrt's docs/operators.md (TensorRT 10.x, opsets 9-20) that
 these graphs can contain, with the types listed there; AXES_FROM_INITIALIZER are the ops whose
@@ -32,6 +32,9 @@ SUPPORTED: dict[str, set[str]] = {
     **{op: FLOAT for op in ("Clip", "Conv", "Erf", "Exp", "Gemm", "LayerNormalization")},
     **{op: FLOAT for op in ("MatMul", "Softmax", "Sqrt", "Pow", "Tanh", "Sigmoid")},
     **{op: FLOAT for op in ("Reciprocal", "Log", "Floor", "Ceil", "Sin", "Cos", "Einsum")},
+    # The gpu int8 variants' Q/DQ pairs: float in, INT8 (zero zero-point) back out.
+    "QuantizeLinear": FLOAT,
+    "DequantizeLinear": {"INT8"},
 }
 AXES_FROM_INITIALIZER = {"ReduceMean": 1, "ReduceSum": 1, "Slice": 3, "Squeeze": 1, "Unsqueeze": 1}
 AXES_FROM_INITIALIZER |= {"ReduceMax": 1, "ReduceMin": 1, "ReduceL2": 1, "Pad": 3}

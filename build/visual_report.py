@@ -71,6 +71,9 @@ def accuracy_chart(report: dict) -> str:
     if labelled:
         panels.insert(0, ("classify", "accuracy", "held-out top-1 accuracy (%)"))
     panels.append(("explain", "heatmap_correlation_vs_fp32", "heatmap correlation with fp32 x100"))
+    panels.append(  # the attribution gate's measure (build/gates.py)
+        ("attribution", "map_correlation_vs_fp32", "attribution map correlation with fp32 x100")
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), layout="constrained")
     for ax, (task, key, title) in zip(np.atleast_1d(axes), panels, strict=True):
         _bar_panel(ax, variants, task, key, title)

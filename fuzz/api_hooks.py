@@ -115,9 +115,6 @@ def before_add_examples(context: schemathesis.HookContext, examples: list) -> No
         map_case(context, case)
 
 
-SERVED_ATTRIBUTION = ("fp32",)  # precisions with an attribution model in the default repository
-
-
 def _valid_rollout_parameter(name: str, value: object) -> bool:
     if name == "head_fusion":
         return value in ("mean", "max", "min")
@@ -136,8 +133,6 @@ def _one_method(query: dict) -> None:
     for name in ("head_fusion", "discard_ratio"):
         if name in query and _valid_rollout_parameter(name, query[name]):
             del query[name]
-    if query.get("precision") in SERVED_PRECISIONS:
-        query["precision"] = SERVED_ATTRIBUTION[0]
 
 
 def register() -> None:

@@ -92,18 +92,39 @@ def test_report_names_the_gpu_variant_tool_and_versions(report):
     assert gpu["versions"]["nvidia-modelopt"] == "0.47.0"
     assert gpu["calibration_method"] == "max"  # --calibration-method minmax
     assert set(gpu["onnx"]) == {
-        f"{t}_{p}" for t in ("classify", "explain") for p in ("fp16", "int8")
+        f"{t}_{p}" for t in ("classify", "explain", "attribution") for p in ("fp16", "int8")
     }
+    # The gpu attribution variants (AutoCast fp16, Model Optimizer Q/DQ) pass TensorRT's parser
+    # support list too: Q/DQ, Cast and the backward pass's ops.
+    checks = gpu["tensorrt_parser_ops"]
+    assert set(checks) == {"attribution_fp16", "attribution_int8"}
+    assert all(check["passed"] for check in checks.values()), checks
+    assert checks["attribution_int8"]["ops"]["QuantizeLinear"] > 0
+    assert checks["attribution_fp16"]["ops"]["Cast"] > 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_attribution_variants_gated_by_map_agreement_with_fp32(report, precision):
+    """fp16/int8 attribution maps (top-1 class, 64 held-out images) against the fp32 graph's, on
+    every runtime that serves them; served only when the gate passes."""
+    gate = report["gates"][f"attribution_{precision}"]
+    assert gate["status"] == "passed" and gate["limit_correlation"] == 0.95
+    assert set(gate["map_correlation_vs_fp32"]) == set(RUNTIMES)
+    for runtime in RUNTIMES:
+        entry = report["variants"][precision][runtime]["attribution"]
+        assert entry["images"] == 64 and entry["images_compared"] >= 60  # same top-1 as fp32
+        assert entry["map_correlation_vs_fp32"]["mean"] >= 0.99  # measured 0.998-1.000
+        assert entry["top1_agreement_vs_fp32"] >= 0.95
+    assert f"vit_attribution_{precision}" in report["repository"]["models"]["cpu"]
+    assert f"vit_attribution_{precision}" in report["repository"]["models"]["gpu"]
 
 
 def test_attribution_verified_against_the_eager_reference_in_the_report(report):
     """fp32 on both CPU runtimes, batch 1 and 8, top-1 and a class per image, within 1e-4 of the
-    map's max; the TensorRT parser check and the precisions not built are recorded."""
+    map's max; the TensorRT parser check is recorded."""
     section = report["parity"]["attribution"]
     assert section["onnx_checker"] == "passed"
     assert section["tensorrt_parser_ops"]["passed"], section["tensorrt_parser_ops"]
-    assert section["precisions_built"] == ["fp32"]
-    assert set(section["precisions_not_built"]) == {"fp16", "int8"}
     for runtime in ("onnxruntime", "openvino_f32"):
         for batch in ("batch_1", "batch_8"):
             for targets in ("top1", "mixed"):

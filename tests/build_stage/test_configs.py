@@ -101,9 +101,12 @@ def test_explain_models_take_a_discard_ratio_per_image_and_warm_it(repository, t
     assert [t.name for t in classify.input] == ["image"]
 
 
+@pytest.mark.parametrize("precision", ATTRIBUTION_PRECISIONS)
 @pytest.mark.parametrize("target", TARGETS)
-def test_attribution_models_take_a_class_per_image_and_warm_it(repository, contract, target):
-    config = parse(repository / target / model_name(ATTRIBUTION_TASK, "fp32") / "config.pbtxt")
+def test_attribution_models_take_a_class_per_image_and_warm_it(
+    repository, contract, target, precision
+):
+    config = parse(repository / target / model_name(ATTRIBUTION_TASK, precision) / "config.pbtxt")
     assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
         ("image", mc.TYPE_UINT8, [3, *contract.preprocessing.input_size]),
         ("target_class", mc.TYPE_INT32, [1]),
@@ -114,7 +117,8 @@ def test_attribution_models_take_a_class_per_image_and_warm_it(repository, contr
     ]
     assert all(set(w.inputs) == {"image", "target_class"} for w in config.model_warmup)
     if target == "cpu":  # fp32 served at f32, by the runtime measured faster on this graph
-        assert config.parameters["precision_hint"].string_value == "f32"
+        hint = {"fp32": "f32", "fp16": "", "int8": ""}[precision]
+        assert config.parameters["precision_hint"].string_value == hint
         assert config.parameters["runtime"].string_value == "openvino"
     else:
         assert config.platform == "tensorrt_plan"
@@ -152,6 +156,17 @@ def test_tracked_configs_are_what_a_fresh_build_writes(repository, contract, tmp
     assert sorted(fresh) == sorted(tracked)
     for path, text in fresh.items():
         assert text == tracked[path], f"{path} differs from what the build writes"
+
+
+def test_an_attribution_precision_whose_gate_failed_gets_no_model(repository, contract, tmp_path):
+    """build/gates.py served_attribution leaves int8 out: no vit_attribution_int8 on either
+    target (Triton would serve it), every other model as usual."""
+    (tmp_path / "onnx").symlink_to(repository.resolve() / "onnx")
+    written = repository_write(tmp_path, contract, PRECISIONS, 2, ("fp32", "fp16"))
+    for target in TARGETS:
+        models = {p.name for p in (tmp_path / target).iterdir()}
+        assert model_name(ATTRIBUTION_TASK, "int8") not in models | set(written[target])
+        assert {model_name(ATTRIBUTION_TASK, "fp16"), model_name("classify", "int8")} <= models
 
 
 def test_a_typo_in_a_config_is_caught(repository):

@@ -52,17 +52,23 @@ def test_limit_samples_across_classes_reproducibly(tmp_path):
 def test_calibration_reader_hands_out_one_bounded_batch_per_range():
     """quantize_static (CalibStridedMinMax=1) calls collect_data once per batch range."""
     images = np.zeros((40, 3, 4, 4), dtype=np.uint8)
-    for explain in (False, True):
-        reader = precision._Calibration(images, explain, batch=16)
+    for second in (set(), {"discard_ratio"}, {"target_class"}):
+        reader = precision._Calibration(images, second, batch=16)
         assert len(reader) == 3
         sizes = []
         for start in range(len(reader)):
             reader.set_range(start, start + 1)
             while (batch := reader.get_next()) is not None:
-                sizes.append(len(batch["image"]))
-                if explain:  # explain graphs calibrate the plain rollout: discard_ratio 0
-                    assert batch["discard_ratio"].shape == (len(batch["image"]), 1)
+                n = len(batch["image"])
+                sizes.append(n)
+                assert set(batch) == {"image", *second}
+                if second == {"discard_ratio"}:  # explain: calibrate the plain rollout (0)
+                    assert batch["discard_ratio"].shape == (n, 1)
                     assert not batch["discard_ratio"].any()
-                else:
-                    assert set(batch) == {"image"}
+                if second == {"target_class"}:  # attribution: each image's top-1 class (-1)
+                    assert batch["target_class"].dtype == np.int32
+                    assert (batch["target_class"] == -1).all() and batch["target_class"].shape == (
+                        n,
+                        1,
+                    )
         assert sizes == [16, 16, 8]

@@ -258,3 +258,45 @@ def test_gpu_graphs_run_on_onnx_runtime_cpu(repository, task, heldout):
         runner = create_runner("onnxruntime", str(gpu_onnx_path(repository, task, p)), 2)
         out = runner.run(heldout.images[:4])  # explain: discard_ratio 0 fed by the runner
         assert out["logits"].dtype == np.float32 and out["logits"].shape == (4, 10)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_attribution_gpu_graphs_run_the_backward_pass_in_fp16(repository, precision):
+    """Attribution: AutoCast over the whole graph (fp16) or Q/DQ on the forward pass with FP16
+    elsewhere (int8); the backward pass (the nodes that never reach the logits) is FP16 too, and
+    never quantized: Q/DQ only where the forward pass reads weights and activations."""
+    g = Graph(gpu_onnx_path(repository, "attribution", precision))
+    backward = {n.name for n in g.rollout()}
+    backward_matmuls = [n for n in g.op("MatMul") if n.name in backward]
+    assert len(backward_matmuls) >= 8  # dY.W per Linear, and the attention gradients
+    for node in backward_matmuls:
+        assert g.dtype[node.output[0]] == FP16, node.name
+    quantizers = g.op("QuantizeLinear")
+    assert all(n.name not in backward for n in quantizers)
+    if precision == "fp16":
+        assert quantizers == []
+        return
+    forward_layers = [
+        n
+        for n in g.nodes
+        if n.op_type in WEIGHT_LAYERS
+        and n.name not in backward
+        and any(g.constant(i) for i in n.input)
+    ]
+    quantized = [n for n in forward_layers if g.made_by(n.input[0], "DequantizeLinear")]
+    assert len(quantized) >= len(forward_layers) - 1  # the classifier head may stay FP16
+    # Forward MatMuls that read a tensor the backward pass reads stay FP16 (a Q/DQ pair there
+    # would hand the backward pass INT8 values): attn@V in every block (the probabilities), and
+    # Q@K^T in the blocks whose q and k the backward pass reads (all but the first: gradients stop
+    # at the first block's attention). The first block's Q@K^T is quantized, as for classify.
+    fp32 = onnx.load(str(onnx_path(repository, "attribution", "fp32")))
+    fp32_backward = set(rollout_nodes(fp32))
+    kept = [n for n in rollout_matmuls(fp32) if n not in fp32_backward]
+    assert len(kept) == 4 + 3  # 4 blocks: attn@V in each, Q@K^T in blocks 2-4
+    for node in g.nodes:
+        if node.name in kept:
+            assert not any(g.made_by(i, "DequantizeLinear") for i in node.input), node.name
+    first_qk = [n for n in g.op("MatMul") if n.name not in backward and n.name not in kept]
+    assert len(first_qk) == 1 and g.made_by(first_qk[0].input[0], "DequantizeLinear")
+    target = next(i for i in g.model.graph.input if i.name == "target_class")
+    assert target.type.tensor_type.elem_type == TensorProto.INT32

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+import openvino
 import pytest
 from onnx import numpy_helper
 
-from build.precision import weight_matmuls
+from build.precision import fp32_nodes, weight_matmuls
 from build.repository import onnx_path
 
 
-@pytest.fixture(scope="module", params=["classify", "explain"])
+@pytest.fixture(scope="module", params=["classify", "explain", "attribution"])
 def graphs(request, repository):
     task = request.param
     return {p: onnx.load(str(onnx_path(repository, task, p))) for p in ("fp32", "fp16", "int8")}
@@ -79,6 +81,23 @@ def test_fp16_weights_and_kept_io_types(graphs):
         return [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]
 
     assert io(fp16) == io(fp32)
+
+
+def test_fp16_keeps_fp32_what_the_converter_would_mistype(repository):
+    """The attribution graph's one-hot (ConstantOfShape) and the LayerNorms whose Mean/InvStdDev
+    the backward pass reads stay fp32 (build/precision.py fp32_nodes), or no runtime loads it."""
+    fp16 = onnx.load(str(onnx_path(repository, "attribution", "fp16")))
+    kept = [n for n in fp16.graph.node if n.name in set(fp32_nodes(fp16))]
+    assert {n.op_type for n in kept} >= {"ConstantOfShape", "LayerNormalization", "Cast"}
+    ort.InferenceSession(fp16.SerializeToString(), providers=["CPUExecutionProvider"])
+    openvino.Core().read_model(str(onnx_path(repository, "attribution", "fp16")))
+
+
+def test_target_class_stays_an_unquantized_int32_input(repository):
+    for p in ("fp32", "fp16", "int8"):
+        model = onnx.load(str(onnx_path(repository, "attribution", p)))
+        target = next(i for i in model.graph.input if i.name == "target_class")
+        assert target.type.tensor_type.elem_type == onnx.TensorProto.INT32, p
 
 
 def test_discard_ratio_stays_an_unquantized_fp32_input(repository):

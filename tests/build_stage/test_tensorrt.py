@@ -57,7 +57,7 @@ def test_engines_are_built_for_exactly_the_models_the_repository_holds(copy):
     built = [(t, p) for t in TASKS for p in PRECISIONS]
     built += [(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS]
     assert gpu_models(copy) == sorted((model_name(t, p), t, p) for t, p in built)
-    for task in TASKS:  # a repository built with --precisions fp32,fp16
+    for task in (*TASKS, ATTRIBUTION_TASK):  # a repository built with --precisions fp32,fp16
         shutil.rmtree(copy / "gpu" / model_name(task, "int8"))
     assert {p for _, _, p in gpu_models(copy)} == {"fp32", "fp16"}
 
@@ -65,11 +65,14 @@ def test_engines_are_built_for_exactly_the_models_the_repository_holds(copy):
 def test_the_repository_carries_onnx_runtime_outputs_for_every_gpu_graph(repository):
     ref = np.load(repository / engine_check.REFERENCE_FILE)
     assert ref["images"].dtype == np.uint8 and "labels" in ref.files
-    for task in TASKS:
+    for task in (*TASKS, ATTRIBUTION_TASK):
         for p in PRECISIONS:
             logits = ref[engine_check.reference_key(task, p, "logits")]
             assert logits.shape[1] == 10 and len(logits) <= len(ref["images"])
         assert ref[engine_check.reference_key("explain", "int8", "rollout_mean")].ndim == 3
+    for p in ATTRIBUTION_PRECISIONS:  # each attribution engine against its own graph's maps
+        maps = ref[engine_check.reference_key(ATTRIBUTION_TASK, p, "attribution")]
+        assert maps.shape == (engine_check.ATTRIBUTION_IMAGES, 8, 8)
     ratios = ref[engine_check.DISCARD_RATIO_KEY]
     assert ratios.shape == (engine_check.DISCARD_IMAGES, 1) and len(np.unique(ratios)) > 1
     for p in PRECISIONS:  # explain engines are also checked with discard_ratio > 0
@@ -170,3 +173,30 @@ def test_compose_starts_triton_only_after_every_engine_passed():
     makefile = (ROOT / "Makefile").read_text()
     engines_recipe = makefile.split("\nengines:\n", 1)[1].split("\n\n", 1)[0]
     assert engines_recipe.strip() == "docker compose run --rm engines"  # no host venv
+
+
+@pytest.mark.parametrize(("noise", "passed"), [(0.0, True), (5.0, False)], ids=["same", "noisy"])
+def test_attribution_engine_verification_reads_its_own_graphs_maps(
+    repository, monkeypatch, noise, passed
+):
+    """An int8 attribution engine stand-in: ONNX Runtime's maps of the same graph pass; maps
+    drowned in noise fail the int8 bar (the build gate's 0.95), with logits still right."""
+    ref = np.load(repository / engine_check.REFERENCE_FILE)
+    key = engine_check.reference_key
+    rng = np.random.default_rng(0)
+
+    def stand_in(_plan, images, _max_batch, discard_ratio=None):
+        assert discard_ratio is None  # attribution takes a class, never a ratio
+        maps = ref[key(ATTRIBUTION_TASK, "int8", "attribution")].copy()
+        scale = np.abs(maps).max()
+        maps += noise * scale * rng.standard_normal(maps.shape).astype(np.float32)
+        out = {"logits": ref[key(ATTRIBUTION_TASK, "int8", "logits")], "attribution": maps}
+        assert len(images) == len(out["logits"]) == engine_check.ATTRIBUTION_IMAGES
+        return out
+
+    monkeypatch.setattr(engine_check, "_run", stand_in)
+    result = engine_check.verify_engine(b"", ref, ATTRIBUTION_TASK, "int8", 16)
+    assert result["passed"] is passed, result
+    assert result["top1_agreement_vs_onnxruntime"] == 1.0
+    if not passed:
+        assert result["failures"] == ["attribution correlation below 0.95"]
