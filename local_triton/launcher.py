@@ -11,7 +11,6 @@ python3 on PATH: this virtual environment's bin goes first so model.py imports O
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -19,9 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,6 +30,10 @@ from typing import IO
 
 class TritonLaunchError(Exception):
     """Triton could not be started; the message says why in one line."""
+
+
+class StartAborted(TritonLaunchError):
+    """SIGINT/SIGTERM arrived while Triton was loading: it was stopped, nothing is wrong."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,11 @@ class LocalTriton:
             *self.extra_args,
         ]
 
-    def start(self, ready_timeout_s: float = 180.0) -> LocalTriton:
+    def start(
+        self, ready_timeout_s: float = 180.0, abort: threading.Event | None = None
+    ) -> LocalTriton:
+        """Starts tritonserver and waits until it is ready; `abort` (set by a signal handler)
+        stops it while it loads instead (StartAborted)."""
         if not self.repository.is_dir():
             raise TritonLaunchError(f"model repository {self.repository} does not exist")
         ensure_python_stub(server_root())
@@ -163,6 +172,9 @@ class LocalTriton:
                     f"tritonserver exited with code {self.process.returncode} before it was "
                     "ready (a model failed to load? see its log)"
                 )
+            if abort is not None and abort.is_set():
+                self.stop()
+                raise StartAborted("stopped (SIGINT/SIGTERM) before Triton was ready")
             if is_ready(self.ports.http):
                 return self
             time.sleep(0.25)
@@ -210,27 +222,34 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = {"now": False}
+def stop_requested(on_signal: Callable[[], None] | None = None) -> threading.Event:
+    """SIGINT/SIGTERM handlers that set the returned event (and call on_signal), installed before
+    anything starts: a `docker stop` that lands between Triton being ready and the launcher
+    waiting used to kill this process by the default action (exit -15) and leave tritonserver,
+    in its own session, running."""
+    requested = threading.Event()
 
     def handler(_signum: int, _frame: object) -> None:
-        stop["now"] = True
+        requested.set()
+        if on_signal is not None:
+            on_signal()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    while not stop["now"]:
-        time.sleep(0.2)
+    return requested
 
 
-def start_from_args(args: argparse.Namespace) -> LocalTriton | None:
-    """Start Triton as the command line asks; None (after one error line) when it cannot."""
+def start_from_args(args: argparse.Namespace, abort: threading.Event) -> LocalTriton | None:
+    """Start Triton as the command line asks; None when it cannot (after one error line) or was
+    told to stop while it loaded (`abort`)."""
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
     triton = LocalTriton(
         args.repository, ports, host=args.address, extra_args=tuple(args.triton_args)
     )
     try:
-        return triton.start()
+        return triton.start(abort=abort)
+    except StartAborted:
+        return None
     except TritonLaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -240,15 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run tritonserver on the cpu model repository")
     add_server_arguments(parser)
     args = parser.parse_args(argv)
-    triton = start_from_args(args)
+    requested = stop_requested()
+    triton = start_from_args(args, requested)
     if triton is None:
-        return 2
+        return 0 if requested.is_set() else 2
     print(
         f"Triton ready: HTTP :{args.http_port}, gRPC :{args.grpc_port}, metrics "
         f":{args.metrics_port} (Ctrl-C stops it)",
         flush=True,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        wait_for_signal()
+    while not requested.wait(0.5):  # a timeout keeps the wait responsive to signals
+        pass
     triton.stop()
     return 0

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from local_triton.launcher import add_server_arguments, start_from_args
+from local_triton.launcher import add_server_arguments, start_from_args, stop_requested
 
 
 def gateway_command(host: str, port: int, workers: int) -> list[str]:
@@ -32,9 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", 1)))
     add_server_arguments(parser)
     args = parser.parse_args(argv)
-    triton = start_from_args(args)
+    running: list[subprocess.Popen] = []  # the gateway, once started: a signal stops it first
+
+    def stop_gateway() -> None:
+        for gateway in running:
+            gateway.send_signal(signal.SIGTERM)
+
+    requested = stop_requested(stop_gateway)
+    triton = start_from_args(args, requested)
     if triton is None:
-        return 2
+        return 0 if requested.is_set() else 2
     ports = triton.ports
     print(
         f"Triton ready on gRPC :{ports.grpc}; starting the gateway on {args.host}:{args.port}",
@@ -46,12 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     # Prometheus multiprocess mode: every uvicorn worker writes here, /metrics adds them up.
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vit-gateway-metrics-")
     gateway = subprocess.Popen(gateway_command(args.host, args.port, args.workers), env=env)
-
-    def stop(_signum: int, _frame: object) -> None:
-        gateway.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    running.append(gateway)
+    if requested.is_set():  # the signal came while the gateway was being started
+        stop_gateway()
     code = gateway.wait()
     triton.stop()
     return code if code > 0 else 0

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +21,7 @@ from build import digits, rollout_reference, runtimes
 from build.graphs import HEAD_FUSIONS, ClassifyGraph
 from build.repository import PRECISIONS, TASKS, model_name, onnx_path
 from local_triton.launcher import LocalTriton, Ports, TritonLaunchError
-from tests.helpers import free_ports
+from tests.helpers import ROOT, free_ports
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +189,42 @@ def test_launcher_starts_and_stops_cleanly(repository, tmp_path):
     assert server.process.returncode == 0
     log.close()
     assert "successfully unloaded" in (tmp_path / "triton.log").read_text()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_stop_signal_while_triton_loads_stops_it_and_exits_0(repository, tmp_path):
+    """`docker stop` while the models load: the launcher stops tritonserver and exits 0. Before
+    its handlers were installed first, SIGTERM before (or just after) ready killed the launcher
+    by default action (exit -15; CI saw it) and left tritonserver, in its own session, running."""
+    ports = free_ports()
+    argv = ["--repository", str(repository / "cpu"), "--http-port", str(ports.http)]
+    argv += ["--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)]
+    with (tmp_path / "launcher.log").open("w") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "local_triton", *argv], cwd=ROOT, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (servers := children_of(launcher.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert servers, "tritonserver was not started"
+        time.sleep(0.5)  # loading: nowhere near ready (9 models, OpenVINO compiles and warm-ups)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=90) == 0, (tmp_path / "launcher.log").read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    for pid in servers:  # reaped by the launcher: no orphan left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
