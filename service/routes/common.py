@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Query, Request
 
 from service.config import Settings
 from service.deps import Services
+from service.errors import InvalidParameter
 from service.schemas import ServedModel
 from service.triton import Variant
 
@@ -22,6 +24,24 @@ PRECISION_QUERY = Annotated[
         "(default: DEFAULT_PRECISION, fp32 unless configured)",
     ),
 ]
+
+
+# Number-valued query parameters of /classify and /explain, checked as written.
+NUMBER_PARAMETERS = ("top_k", "alpha", "max_side", "discard_ratio")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+async def plain_numbers(request: Request) -> None:
+    """Route dependency: number parameters exactly as written in ASCII. Pydantic alone also reads
+    ' 9', '9\u00a0' (a no-break space) and '1_0' as numbers, which the OpenAPI types do not allow
+    (schemathesis found the no-break space accepted). Checked on the raw query so the schema's
+    own bounds stay as they are."""
+    for name in NUMBER_PARAMETERS:
+        for value in request.query_params.getlist(name):
+            if not _PLAIN_NUMBER.fullmatch(value):
+                raise InvalidParameter(
+                    f"{name}: must be a plain number (ASCII digits, no spaces or underscores)"
+                )
 
 
 def deadline_s(settings: Settings, started: float) -> float:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service import discard_ratio as discard
@@ -20,7 +20,7 @@ from service.encode import IMAGE_FORMATS, negotiate
 from service.errors import InvalidParameter
 from service.explain_method import Method
 from service.inputs import read_uploads
-from service.routes.common import PRECISION_QUERY, deadline_s, served_model
+from service.routes.common import PRECISION_QUERY, deadline_s, plain_numbers, served_model
 from service.routes.explain_docs import IMAGE_RESPONSES, image_headers
 from service.schemas import (
     ERROR_RESPONSES,
@@ -56,6 +56,7 @@ EXPOSED_HEADERS = [
     response_model=ExplainResponse,
     responses={**ERROR_RESPONSES, **IMAGE_RESPONSES},
     openapi_extra=IMAGE_REQUEST_BODY,
+    dependencies=[Depends(plain_numbers)],
 )
 async def explain(
     request: Request,
