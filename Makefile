@@ -102,4 +102,4 @@ test-gpu:
 
 clean-repo:
 	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 \
-		$(REPO)/*/*/labels.txt $(REPO)/engines $(REPO).staging-* $(REPO).rejected $(REPO).previous
+		$(REPO)/*/*/labels.txt $(REPO)/engines $(REPO)/openvino-cache $(REPO).staging-* $(REPO).rejected $(REPO).previous

@@ -64,6 +64,18 @@ TARGET_SETTINGS = {
     "cpu": TargetSettings(16, 0, 64, 5_000_000),
     "gpu": TargetSettings(32, 500, 256, 2_000_000),
 }
+# Attribution on the CPU: every image of a batch holds its backward pass's activations (~115 MB
+# per image for ViT-S/16 fp32), and a batch costs the CPU the same per image as single images
+# (docs/build.md): 4 bounds the memory it takes to serve it.
+CPU_ATTRIBUTION_MAX_BATCH = 4
+
+
+def max_batch_size(target: str, task: str) -> int:
+    if target == "cpu" and task == ATTRIBUTION_TASK:
+        return CPU_ATTRIBUTION_MAX_BATCH
+    return TARGET_SETTINGS[target].max_batch_size
+
+
 # OpenVINO INFERENCE_PRECISION_HINT per variant: fp32 is served at f32 (what it promises); the fp16
 # and int8 graphs let OpenVINO pick its fastest float type for their non-quantized parts.
 CPU_PRECISION_HINT = {"fp32": "f32", "fp16": "", "int8": ""}
@@ -131,6 +143,7 @@ def config_text(
     """instances: cpu model instances (default default_cpu_instances()); each runs OpenVINO on an
     equal share of the serving machine's cores (num_threads \"0\", build/triton_python_model.py)."""
     s = TARGET_SETTINGS[target]
+    max_batch = max_batch_size(target, task)
     inputs, outputs = _tensor_blocks(contract, task)
     lines = [f'name: "{model_name(task, precision)}"']
     if target == "cpu":
@@ -138,7 +151,7 @@ def config_text(
     else:
         lines.append('platform: "tensorrt_plan"')
     lines += [
-        f"max_batch_size: {s.max_batch_size}",
+        f"max_batch_size: {max_batch}",
         f"input [\n{inputs}\n]",
         f"output [\n{outputs}\n]",
     ]
@@ -168,14 +181,10 @@ def config_text(
             f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}'
             for k, v in params.items()
         ]
-        # OpenVINO compiles one model per batch bucket on first use: warm every bucket before
-        # Triton reports ready, or the first batch of each size pays a compile (~0.5-1 s).
-        # (Imported here: runtimes needs numpy, which the engine builder's container may lack.)
-        from build.runtimes import batch_buckets
-
-        warm = batch_buckets(s.max_batch_size)
-    else:
-        warm = sorted({1, s.max_batch_size})
+    # Warm the smallest and the largest batch before Triton reports ready (the first inference
+    # at a new shape prepares its kernels; the largest also allocates the most memory, so a
+    # repository that does not fit fails at start, never under load).
+    warm = sorted({1, max_batch})
     h, w = contract.preprocessing.input_size
     second = ""  # the warm-up value of the graph's second input, if it has one
     if task == "explain":

@@ -18,6 +18,9 @@ import numpy as np
 # graphs one class per image, INT32 [N, 1] (-1 = top-1).
 DISCARD_RATIO = "discard_ratio"
 TARGET_CLASS = "target_class"
+# The environment variable through which the launcher gives Triton's python models a writable
+# OpenVINO cache folder (empty or unset: no cache).
+OPENVINO_CACHE_ENV = "OPENVINO_CACHE_DIR"
 
 
 class Runner(Protocol):
@@ -82,7 +85,7 @@ class OnnxRuntimeRunner:
 
 
 def batch_buckets(max_batch: int) -> list[int]:
-    """Powers of two up to max_batch (and max_batch itself): fixed shapes for OpenVINO."""
+    """Powers of two up to max_batch (and max_batch itself): the batch sizes benchmarks try."""
     sizes, size = [], 1
     while size < max_batch:
         sizes.append(size)
@@ -91,55 +94,42 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 class OpenVinoRunner:
-    """OpenVINO compiles one fixed-shape model per batch bucket (fixed shapes ran ~1.5x faster
-    than a dynamic batch dimension on this CPU). A batch runs as the largest buckets that fit it
-    (5 = 4 + 1), never padded: padding 5 up to 8 spent 60% of the compute on zeros, and batching
-    gains at most ~1.3x here (docs/benchmarks.md). Buckets compile on first use (batch 1 at once);
-    the cpu Triton configs warm every bucket before the model reports ready, so no request pays a
-    compile."""
+    """One compiled model per runner, with a bounded dynamic batch (1..max_batch): a batch runs as
+    it comes, never padded. It replaced one fixed-shape model per power-of-two batch, which held
+    five copies of the weights and five compiles per instance: a ViT-S/16 repository (9 models,
+    2 instances) then needed ~35 GB and minutes of compiling to load. Measured on ViT-S at one
+    thread (docs/build.md): the dynamic model uses 2.7-3.7x less memory and compiles 4-6x faster;
+    CPU per image is within noise for classify, ~10-15% more for the explain graph."""
 
-    def __init__(self, path: str, threads: int, precision: str, max_batch: int) -> None:
+    def __init__(
+        self, path: str, threads: int, precision: str, max_batch: int, cache_dir: str = ""
+    ) -> None:
         import openvino as ov
 
-        self._core = ov.Core()
-        self._model = self._core.read_model(path)
-        self._input = self._model.inputs[0].get_any_name()
-        self._second = _second_inputs({i.get_any_name() for i in self._model.inputs})
-        self.output_names = [o.get_any_name() for o in self._model.outputs]
-        self._config: dict[str, object] = {
+        core = ov.Core()
+        if cache_dir:  # the compiled model is saved there and imported next time
+            core.set_property({"CACHE_DIR": cache_dir})
+        model = core.read_model(path)
+        self._input = model.inputs[0].get_any_name()
+        self._second = _second_inputs({i.get_any_name() for i in model.inputs})
+        self.output_names = [o.get_any_name() for o in model.outputs]
+        self.max_batch = max_batch
+        shapes = {}
+        for port in model.inputs:  # every input has a leading batch dimension
+            dims = [d.get_length() for d in list(port.get_partial_shape())[1:]]
+            shapes[port.get_any_name()] = [ov.Dimension(1, max_batch), *dims]
+        model.reshape(shapes)
+        config: dict[str, object] = {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
             # Several model instances share few cores: pinned threads would fight each other.
             "ENABLE_CPU_PINNING": False,
         }
         if precision:  # "f32" for exact parity; "" keeps OpenVINO's default (bf16 where fast)
-            self._config["INFERENCE_PRECISION_HINT"] = precision
-        self._buckets = batch_buckets(max_batch)
-        self._compiled: dict[int, object] = {}
+            config["INFERENCE_PRECISION_HINT"] = precision
+        # One reusable request: a Triton model instance runs one batch at a time.
+        self._request = core.compile_model(model, "CPU", config).create_infer_request()
         self._lock = threading.Lock()
-        self._compiled_for(1)
-
-    def _compiled_for(self, bucket: int):
-        with self._lock:
-            if bucket not in self._compiled:
-                model = self._model.clone()
-                shapes = {}
-                for port in model.inputs:  # every input has a leading batch dimension
-                    dims = [d.get_length() for d in list(port.get_partial_shape())[1:]]
-                    shapes[port.get_any_name()] = [bucket, *dims]
-                model.reshape(shapes)
-                compiled = self._core.compile_model(model, "CPU", self._config)
-                # One reusable request per bucket: a Triton model instance runs one batch at a time.
-                self._compiled[bucket] = compiled.create_infer_request()
-            return self._compiled[bucket]
-
-    def split(self, n: int) -> list[int]:
-        """The buckets a batch of n runs as, largest first (the smallest bucket is 1)."""
-        sizes = []
-        while n:
-            sizes.append(next(b for b in reversed(self._buckets) if b <= n))
-            n -= sizes[-1]
-        return sizes
 
     def run(
         self,
@@ -148,23 +138,15 @@ class OpenVinoRunner:
         target_class: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         n = image.shape[0]
-        if n > self._buckets[-1]:
-            raise ValueError(f"batch of {n} exceeds max_batch_size {self._buckets[-1]}")
+        if n > self.max_batch:
+            raise ValueError(f"batch of {n} exceeds max_batch_size {self.max_batch}")
         feeds = _feeds(self._input, image, self._second, discard_ratio, target_class)
-        parts, start = [], 0
-        for size in self.split(n):
-            request = self._compiled_for(size)
-            request.infer({name: x[start : start + size] for name, x in feeds.items()})
-            parts.append(
-                {
-                    name: np.array(request.get_tensor(name).data, copy=True)
-                    for name in self.output_names
-                }
-            )
-            start += size
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+        with self._lock:
+            self._request.infer(feeds)
+            return {
+                name: np.array(self._request.get_tensor(name).data, copy=True)
+                for name in self.output_names
+            }
 
 
 def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
@@ -195,11 +177,18 @@ def default_threads() -> int:
 
 
 def create_runner(
-    runtime: str, path: str, threads: int = 0, precision: str = "f32", max_batch: int = 16
+    runtime: str,
+    path: str,
+    threads: int = 0,
+    precision: str = "f32",
+    max_batch: int = 16,
+    cache_dir: str = "",
 ) -> Runner:
+    """cache_dir: OpenVINO's model cache (CACHE_DIR); keyed by the model's content and the
+    compile settings, so a rebuilt model or another setting compiles afresh."""
     threads = threads or default_threads()
     if runtime == "onnxruntime":
         return OnnxRuntimeRunner(path, threads)
     if runtime == "openvino":
-        return OpenVinoRunner(path, threads, precision, max_batch)
+        return OpenVinoRunner(path, threads, precision, max_batch, cache_dir)
     raise ValueError(f"unknown runtime {runtime!r}; expected 'openvino' or 'onnxruntime'")

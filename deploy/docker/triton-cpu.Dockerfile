@@ -26,6 +26,8 @@ ENV TRITON_ADDRESS=0.0.0.0 \
     TRITON_METRICS_PORT=8002
 USER 10001
 EXPOSE 8000 8001 8002
-HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+# Loading takes minutes at 224 px on few cores (every batch bucket of every instance is compiled
+# and warmed): probes in the start period do not count against it, the first success ends it.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=1200s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
 CMD ["python", "-m", "local_triton", "--repository", "/models/cpu"]

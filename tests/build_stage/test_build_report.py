@@ -108,15 +108,22 @@ def test_attribution_variants_gated_by_map_agreement_with_fp32(report, precision
     """fp16/int8 attribution maps (top-1 class, 64 held-out images) against the fp32 graph's, on
     every runtime that serves them; served only when the gate passes."""
     gate = report["gates"][f"attribution_{precision}"]
-    assert gate["status"] == "passed" and gate["limit_correlation"] == 0.95
+    assert gate["limit_correlation"] == 0.95
     assert set(gate["map_correlation_vs_fp32"]) == set(RUNTIMES)
+    name = f"vit_attribution_{precision}"
+    if gate["status"] == "not-served":  # e.g. int8 on a CPU without AVX512-VNNI (docs/build.md)
+        assert min(gate["map_correlation_vs_fp32"].values()) < gate["limit_correlation"]
+        for target in ("cpu", "gpu"):
+            assert name not in report["repository"]["models"][target]
+        return
+    assert gate["status"] == "passed"
     for runtime in RUNTIMES:
         entry = report["variants"][precision][runtime]["attribution"]
         assert entry["images"] == 64 and entry["images_compared"] >= 60  # same top-1 as fp32
         assert entry["map_correlation_vs_fp32"]["mean"] >= 0.99  # measured 0.998-1.000
         assert entry["top1_agreement_vs_fp32"] >= 0.95
-    assert f"vit_attribution_{precision}" in report["repository"]["models"]["cpu"]
-    assert f"vit_attribution_{precision}" in report["repository"]["models"]["gpu"]
+    assert name in report["repository"]["models"]["cpu"]
+    assert name in report["repository"]["models"]["gpu"]
 
 
 def test_attribution_verified_against_the_eager_reference_in_the_report(report):

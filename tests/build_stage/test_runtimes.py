@@ -16,19 +16,16 @@ def openvino_classify(repository):
     )
 
 
-@pytest.mark.parametrize(
-    ("n", "parts"),
-    [(1, [1]), (3, [2, 1]), (5, [4, 1]), (7, [4, 2, 1]), (8, [8]), (15, [8, 4, 2, 1]), (16, [16])],
-)
-def test_a_batch_runs_as_the_largest_buckets_that_fit_never_padded(openvino_classify, n, parts):
-    assert openvino_classify.split(n) == parts
-
-
-def test_a_split_batch_answers_each_image_as_if_alone(openvino_classify, heldout, contract):
-    images = heldout.images[:7]
+@pytest.mark.parametrize("n", [7, 16])
+def test_one_dynamic_batch_model_answers_each_image_as_if_alone(
+    openvino_classify, heldout, contract, n
+):
+    """Any batch up to max_batch_size runs as it comes (no padding, no buckets) and each image's
+    answer is its own."""
+    images = heldout.images[:n]
     batch = openvino_classify.run(images)["logits"]
-    alone = np.concatenate([openvino_classify.run(images[i : i + 1])["logits"] for i in range(7)])
-    assert batch.shape == (7, len(contract.labels))
+    alone = np.concatenate([openvino_classify.run(images[i : i + 1])["logits"] for i in range(n)])
+    assert batch.shape == (n, len(contract.labels))
     np.testing.assert_allclose(batch, alone, rtol=1e-4, atol=1e-4)
     assert not np.allclose(batch[0], batch[1])  # seven different answers, not one repeated
 
@@ -36,6 +33,26 @@ def test_a_split_batch_answers_each_image_as_if_alone(openvino_classify, heldout
 def test_a_batch_over_max_batch_size_is_refused(openvino_classify):
     with pytest.raises(ValueError, match="exceeds max_batch_size 16"):
         openvino_classify.run(np.zeros((17, 3, 32, 32), np.uint8))
+
+
+def test_the_openvino_cache_is_written_once_and_gives_the_same_answers(
+    repository, heldout, tmp_path
+):
+    """make serve's cache (local_triton: OPENVINO_CACHE_DIR): the first runner compiles and saves
+    its model, the second imports it (no new file) and answers the same."""
+    path = str(repository / "onnx" / "classify_int8.onnx")
+    images = heldout.images[:3]
+    uncached = runtimes.create_runner("openvino", path, 1, "", 4).run(images)["logits"]
+    cache = tmp_path / "cache"
+    first = runtimes.create_runner("openvino", path, 1, "", 4, cache_dir=str(cache))
+    assert first.run(images)["logits"].tolist() == uncached.tolist()
+    blobs = sorted(cache.glob("*.blob"))
+    assert len(blobs) == 1
+    stamps = [b.stat().st_mtime_ns for b in blobs]
+    second = runtimes.create_runner("openvino", path, 1, "", 4, cache_dir=str(cache))
+    assert second.run(images)["logits"].tolist() == uncached.tolist()
+    assert sorted(cache.glob("*.blob")) == blobs
+    assert [b.stat().st_mtime_ns for b in blobs] == stamps
 
 
 @pytest.mark.parametrize(
