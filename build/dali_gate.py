@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,45 @@ def unpack(data: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [data[a:b] for a, b in itertools.pairwise(offsets)]
 
 
+@dataclass
+class Corpus:
+    """The JPEGs the gate (and the GPU host's check) runs, with the gateway's tensors for them."""
+
+    photos: list[bytes]
+    photos_source: str
+    photos_tensors: np.ndarray  # at the model's preprocessing
+    uploads: list[bytes]  # the held-out images as uploads
+    uploads_tensors: np.ndarray
+    labels: np.ndarray | None
+
+    @classmethod
+    def make(cls, pre: Preprocessing, heldout: np.ndarray, labels: np.ndarray | None) -> Corpus:
+        from loadtest.corpus import default_corpus
+
+        corpus = default_corpus()
+        photos = [p.data for p in corpus.photos]
+        held = heldout[:HELDOUT_LIMIT]
+        uploads = render_uploads(held)
+        return cls(
+            photos,
+            corpus.source,
+            gateway_tensors(photos, pre),
+            uploads,
+            gateway_tensors(uploads, pre),
+            None if labels is None else labels[: len(held)],
+        )
+
+    def save(self, path: Path) -> None:
+        """For build/ensemble_check.py on the GPU host (an .npz, no pickled objects)."""
+        arrays = {"photos_tensors": self.photos_tensors, "uploads_tensors": self.uploads_tensors}
+        arrays["photos_jpeg"], arrays["photos_offsets"] = pack(self.photos)
+        arrays["uploads_jpeg"], arrays["uploads_offsets"] = pack(self.uploads)
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+
+
 def measure(
     pre: Preprocessing,
     classify_onnx: Path,
@@ -128,13 +168,10 @@ def measure(
     reference_file: Path | None = None,
 ) -> dict:
     """The gate's numbers and verdict (status passed/refused, failures), for build_report.json.
-    reference_file: where to save the JPEGs and the gateway's tensors for them, for the GPU
-    host's check of the served ensembles (build/ensemble_check.py)."""
-    from loadtest.corpus import default_corpus
-
+    reference_file: where to save the gate's JPEGs and the gateway's tensors for them, for the
+    GPU host's check of the served ensembles (build/ensemble_check.py)."""
     dali_pipeline.check_supported(pre)
-    corpus = default_corpus()
-    photos = [p.data for p in corpus.photos]
+    corpus = Corpus.make(pre, heldout_images, heldout_labels)
     failures: list[str] = []
     result: dict = {
         "reference": "the gateway's preprocessing without draft decoding (timm's eval transform)",
@@ -144,43 +181,33 @@ def measure(
             "max_pixel_diff": MAX_PIXEL_DIFF,
             "min_top1_agreement": MIN_TOP1_AGREEMENT,
         },
-        "photos": {"source": corpus.source},
+        "photos": {"source": corpus.photos_source},
     }
-    reference_arrays = {}
-    for label, spec in (("model", pre), ("224px", PHOTO_SPEC_224)):
-        photo_reference = gateway_tensors(photos, spec)
-        if label == "model":
-            reference_arrays["photos_tensors"] = photo_reference
-        entry = pixel_difference(photo_reference, dali_tensors(photos, spec))
+    photos_224 = gateway_tensors(corpus.photos, PHOTO_SPEC_224)
+    for label, spec, reference in (
+        ("model", pre, corpus.photos_tensors),
+        ("224px", PHOTO_SPEC_224, photos_224),
+    ):
+        entry = pixel_difference(reference, dali_tensors(corpus.photos, spec))
         result["photos"][label] = entry
         _bounded(entry, f"photos at {label} preprocessing", failures)
-    held = heldout_images[:HELDOUT_LIMIT]
-    uploads = render_uploads(held)
-    reference = gateway_tensors(uploads, pre)
-    candidate = dali_tensors(uploads, pre)
-    entry = pixel_difference(reference, candidate)
+    candidate = dali_tensors(corpus.uploads, pre)
+    entry = pixel_difference(corpus.uploads_tensors, candidate)
     _bounded(entry, "held-out uploads", failures)
-    top_ref = _top1(classify_onnx, reference, threads)
+    top_ref = _top1(classify_onnx, corpus.uploads_tensors, threads)
     top_dali = _top1(classify_onnx, candidate, threads)
     agreement = float((top_ref == top_dali).mean())
     entry["top1_agreement"] = round(agreement, 4)
     entry["upload_sides_px"] = [round(pre.input_size[0] * s) for s in UPLOAD_SCALES]
-    if heldout_labels is not None:
-        labels = heldout_labels[: len(held)]
-        entry["accuracy_gateway"] = round(float((top_ref == labels).mean()), 4)
-        entry["accuracy_dali"] = round(float((top_dali == labels).mean()), 4)
+    if corpus.labels is not None:
+        entry["accuracy_gateway"] = round(float((top_ref == corpus.labels).mean()), 4)
+        entry["accuracy_dali"] = round(float((top_dali == corpus.labels).mean()), 4)
     if agreement < MIN_TOP1_AGREEMENT:
         failures.append(f"held-out top-1 agreement {agreement:.4f} < {MIN_TOP1_AGREEMENT}")
     result["heldout_uploads"] = entry
     if reference_file is not None:
-        reference_arrays["photos_jpeg"], reference_arrays["photos_offsets"] = pack(photos)
-        reference_arrays["uploads_jpeg"], reference_arrays["uploads_offsets"] = pack(uploads)
-        reference_arrays["uploads_tensors"] = reference
-        if heldout_labels is not None:
-            reference_arrays["labels"] = heldout_labels[: len(held)]
-        reference_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(reference_file, **reference_arrays)
-        result["reference_file"] = str(reference_file.name)
+        corpus.save(reference_file)
+        result["reference_file"] = reference_file.name
     result["status"] = "refused" if failures else "passed"
     if failures:
         result["failures"] = failures

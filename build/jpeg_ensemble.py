@@ -85,8 +85,10 @@ def preprocess_config(contract: ModelContract, backend: str = "dali") -> str:
     return "\n".join(lines) + "\n"
 
 
-def ensemble_config(contract: ModelContract, task: str, precision: str) -> str:
-    """<model>_jpeg: the DALI model's image feeds the model; its other inputs pass through."""
+def ensemble_config(contract: ModelContract, task: str, precision: str, target: str = "gpu") -> str:
+    """<model>_jpeg: the DALI model's image feeds the model; its other inputs pass through.
+    target: whose model is the second step (Triton refuses an ensemble whose max_batch_size
+    exceeds a step's; "cpu" is for the local test)."""
     model = model_name(task, precision)
     model_inputs, outputs = tensor_blocks(contract, task)
     inputs = [
@@ -105,7 +107,7 @@ def ensemble_config(contract: ModelContract, task: str, precision: str) -> str:
     return (
         f'name: "{jpeg_model_name(model)}"\n'
         'platform: "ensemble"\n'
-        f"max_batch_size: {TARGET_SETTINGS['gpu'].max_batch_size}\n"
+        f"max_batch_size: {TARGET_SETTINGS[target].max_batch_size}\n"
         "input [\n" + ",\n".join(inputs) + "\n]\n"
         f"output [\n{outputs}\n]\n"
         "ensemble_scheduling {\n"
@@ -149,11 +151,13 @@ def write_preprocess_model(
     return model_dir
 
 
-def write_ensemble(target_dir: Path, contract: ModelContract, task: str, precision: str) -> str:
+def write_ensemble(
+    target_dir: Path, contract: ModelContract, task: str, precision: str, target: str = "gpu"
+) -> str:
     """<target_dir>/<model>_jpeg: config.pbtxt and the empty version folder Triton requires."""
     name = jpeg_model_name(model_name(task, precision))
     model_dir = target_dir / name
     shutil.rmtree(model_dir, ignore_errors=True)
     (model_dir / "1").mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(ensemble_config(contract, task, precision))
+    (model_dir / "config.pbtxt").write_text(ensemble_config(contract, task, precision, target))
     return name
