@@ -103,4 +103,5 @@ test-gpu:
 
 clean-repo:
 	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 \
-		$(REPO)/*/*/labels.txt $(REPO)/engines $(REPO).staging-* $(REPO).rejected $(REPO).previous
+		$(REPO)/*/*/labels.txt $(REPO)/*/*/warmup $(REPO)/engines $(REPO).staging-* \
+		$(REPO).rejected $(REPO).previous
