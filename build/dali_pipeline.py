@@ -107,7 +107,10 @@ def define(pre: Preprocessing, device: str):
     image = fn.decoders.image(
         jpeg, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
     )
-    shape = image.shape(dtype=types.INT32)  # HWC, after EXIF orientation; a CPU node either way
+    # The decoded size (HWC, after EXIF orientation, as the decoder applies it) read from the
+    # header on the CPU: sizes and offsets are CPU argument inputs with either decoder, whatever
+    # executor the DALI in Triton's image runs (DataNode.shape() of GPU data needs the dynamic one).
+    shape = fn.peek_image_shape(jpeg, dtype=types.INT32)
     height, width = shape[0], shape[1]
     shorter = dmath.min(height, width)
     new_h = (scale * height) // shorter  # the shorter side lands exactly on `scale`
