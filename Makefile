@@ -97,9 +97,11 @@ engines:
 test-gpu:
 	docker compose run --rm --volume "$(CURDIR):/workspace" engines bash -c \
 		"python3 -m pip install --quiet --no-cache-dir -r requirements/engines.txt \
-		-r requirements/gpu-tests.txt && python3 -m pytest -m gpu -W ignore::DeprecationWarning \
-		-p no:cacheprovider tests/build_stage/test_tensorrt.py"
+		-r requirements/gpu-tests.txt -r requirements/dali.txt && python3 -m pytest -m gpu \
+		-W ignore::DeprecationWarning -p no:cacheprovider tests/build_stage/test_tensorrt.py \
+		tests/build_stage/test_ensemble_check.py"
 
 clean-repo:
 	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 \
-		$(REPO)/*/*/labels.txt $(REPO)/engines $(REPO)/openvino-cache $(REPO).staging-* $(REPO).rejected $(REPO).previous
+		$(REPO)/*/*/labels.txt $(REPO)/*/*/warmup $(REPO)/engines $(REPO)/openvino-cache \
+		$(REPO).staging-* $(REPO).rejected $(REPO).previous

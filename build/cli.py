@@ -30,6 +30,9 @@ import onnx
 import torch
 
 from build import (
+    dali_gate,
+    dali_pipeline,
+    ensemble_check,
     evaluate,
     export,
     precision,
@@ -47,6 +50,7 @@ from build.graphs import AttributionGraph, ClassifyGraph, ExplainGraph
 from build.repository import (
     ATTRIBUTION_TASK,
     PRECISIONS,
+    PREPROCESS,
     TASKS,
     VARIANT_TASKS,
     gpu_onnx_path,
@@ -59,6 +63,13 @@ PARITY_IMAGES = 8
 UNLABELLED_EVAL_IMAGES = 128
 EVAL_LIMIT = 1000  # held-out images evaluated per variant; ~1.5 min per ViT-B/16 variant on 2 cores
 CALIB_LIMIT = 1000
+# A check or gate said no: exit 3, the refused build kept as <out>.rejected for its report.
+_REFUSALS = (
+    verify.VerificationError,
+    GateRefused,
+    precision.VariantError,
+    dali_gate.DaliGateRefused,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,6 +124,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="Triton instances per cpu model, each on an equal share of the cores (0 = one per "
         "core: best throughput; fewer = lower latency of a lone request on many cores)",
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=PREPROCESS,
+        default="tensor",
+        help="what the gpu models take: tensors from the gateway (default), or also JPEG bytes "
+        "through DALI ensembles (<model>_jpeg), after the DALI parity gate (docs/build.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -318,6 +336,8 @@ def build(args: argparse.Namespace) -> dict:
         )
     if len(precisions) > 1:
         precision.modelopt_python()  # fail before training, not after
+    if args.preprocess == "dali":
+        dali_pipeline.require()  # fail before training, not after
     threads = args.threads or runtimes.default_threads()
     torch.set_num_threads(threads)
     loaded = load(args)
@@ -329,6 +349,8 @@ def build(args: argparse.Namespace) -> dict:
         layout=token_layout(model),
         labels=loaded.labels,
     )
+    if args.preprocess == "dali":
+        dali_pipeline.check_supported(contract.preprocessing)
     attach_data(loaded, contract, args)
     if "int8" in precisions and len(loaded.calibration.images) < MIN_CALIBRATION_IMAGES:
         raise source.SourceError(
@@ -356,6 +378,17 @@ def build(args: argparse.Namespace) -> dict:
         labelled = loaded.heldout.labels is not None
         report["gates"] = apply_gates(report["variants"], labelled, args.allow_int8_drop)
         raise_if_refused(report["gates"])
+        if args.preprocess == "dali":
+            log.info("gate: DALI preprocessing against the gateway's (photos, held-out uploads)")
+            report["preprocess_dali"] = dali_gate.measure(
+                contract.preprocessing,
+                onnx_path(stage, "classify", "fp32"),
+                loaded.heldout.images,
+                loaded.heldout.labels,
+                threads,
+                stage / ensemble_check.REFERENCE_FILE,
+            )
+            dali_gate.raise_if_refused(report["preprocess_dali"])
         if loaded.origin == source.OFFLINE_DEFAULT:
             (stage / "source").mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), stage / "source" / "digits_vit.pth")
@@ -368,11 +401,12 @@ def build(args: argparse.Namespace) -> dict:
             precisions,
             args.cpu_instances or None,
             served_attribution(report["gates"], precisions),
+            args.preprocess,
         )
         report["repository"] = {"path": str(out), "models": written}
         report["seconds"] = round(time.perf_counter() - started, 1)
         _write_report(stage, report)
-    except (verify.VerificationError, GateRefused, precision.VariantError) as exc:
+    except _REFUSALS as exc:
         _write_report(stage, report)  # the numbers behind the refusal stay readable
         kept = staging.reject(stage, out)
         raise type(exc)(f"{exc} ({out} unchanged; this build is in {kept})") from exc
@@ -408,10 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     except (source.SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except precision.ModelOptimizerMissing as exc:
+    except (precision.ModelOptimizerMissing, dali_pipeline.DaliMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (verify.VerificationError, GateRefused, precision.VariantError) as exc:
+    except _REFUSALS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     for line in summary_lines(report):
@@ -433,6 +467,13 @@ def summary_lines(report: dict) -> list[str]:
             )
     for name, gate in report["gates"].items():
         lines.append(f"  gate {name}: {gate['status']} ({gate['detail']})")
+    if "preprocess_dali" in report:
+        held = report["preprocess_dali"]["heldout_uploads"]
+        lines.append(
+            f"  gate preprocess_dali: {report['preprocess_dali']['status']} (held-out uploads: "
+            f"mean pixel diff {held['mean']}, max {held['max']}, top-1 agreement "
+            f"{100 * held['top1_agreement']:.1f}%)"
+        )
     return lines
 
 

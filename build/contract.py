@@ -34,12 +34,25 @@ class TokenLayout:
 
 
 @dataclass(frozen=True)
+class JpegEnsembles:
+    """Which served models also take JPEG bytes (make repo --preprocess dali): on `targets`, the
+    model <name><suffix> takes each image's file as UINT8 [1, length] in `input` and answers as
+    <name> does. The gateway reads this; the names come from build/names.py."""
+
+    suffix: str
+    input: str
+    targets: list[str]
+    decoder: str  # what decodes and resizes there, for the reader: "dali (nvJPEG, mixed)"
+
+
+@dataclass(frozen=True)
 class ModelContract:
     model_name: str
     origin: str  # offline-digits | timm-pretrained | timm-random | checkpoint
     preprocessing: Preprocessing
     layout: TokenLayout
     labels: list[str] = field(default_factory=list)
+    jpeg_ensembles: JpegEnsembles | None = None  # None: every model takes tensors only
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -49,6 +62,7 @@ class ModelContract:
         raw = json.loads(path.read_text())
         pre = raw["preprocessing"]
         lay = raw["layout"]
+        jpeg = raw.get("jpeg_ensembles")  # absent from builds before issue 16
         return cls(
             model_name=raw["model_name"],
             origin=raw["origin"],
@@ -67,6 +81,7 @@ class ModelContract:
                 query=lay["query"],
             ),
             labels=list(raw["labels"]),
+            jpeg_ensembles=JpegEnsembles(**jpeg) if jpeg else None,
         )
 
 

@@ -17,19 +17,23 @@ everything else here is a build output.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from build.contract import ModelContract
+from build.contract import JpegEnsembles, ModelContract
 from build.names import (
     ATTRIBUTION,
     ATTRIBUTION_TASK,
     DISCARD_RATIO,
     HEAD_FUSIONS,
     INPUT_NAME,
+    JPEG_INPUT,
+    JPEG_MODEL_SUFFIX,
     LOGITS,
+    PREPROCESS_MODEL,
     TARGET_CLASS,
 )
 
@@ -44,6 +48,10 @@ VARIANT_TASKS = (*TASKS, ATTRIBUTION_TASK)  # the graphs that get fp16/int8 vari
 # (docs/benchmarks/attribution-cost.md), and both pass the same parity check in every build.
 ATTRIBUTION_CPU_RUNTIME = "openvino"
 TARGETS = ("cpu", "gpu")
+# What the gpu models take from clients: tensors only (the gateway decodes and resizes), or also
+# JPEG bytes through DALI ensembles (build/jpeg_ensemble.py; make repo --preprocess dali).
+PREPROCESS = ("tensor", "dali")
+JPEG_TARGET = "gpu"
 BUILD_DIR = Path(__file__).parent
 
 
@@ -100,7 +108,8 @@ def _dims(values: tuple[int, ...] | list[int]) -> str:
     return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
 
 
-def _tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
+def tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
+    """(inputs, outputs) of a model's config, as config.pbtxt text (also the jpeg ensembles')."""
     h, w = contract.preprocessing.input_size
     inputs = f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: {_dims((3, h, w))} }}'
     if task == "explain":  # one vit-explain discard ratio per image, in [0, 1)
@@ -144,7 +153,7 @@ def config_text(
     equal share of the serving machine's cores (num_threads \"0\", build/triton_python_model.py)."""
     s = TARGET_SETTINGS[target]
     max_batch = max_batch_size(target, task)
-    inputs, outputs = _tensor_blocks(contract, task)
+    inputs, outputs = tensor_blocks(contract, task)
     lines = [f'name: "{model_name(task, precision)}"']
     if target == "cpu":
         lines.append('backend: "python"')
@@ -223,10 +232,13 @@ def write(
     precisions: tuple[str, ...],
     cpu_instances: int | None = None,
     attribution_precisions: tuple[str, ...] | None = None,
+    preprocess: str = "tensor",
 ) -> dict:
     """Write both targets for the given precisions; returns the model names per target.
     cpu_instances: see config_text (default: one per core of this machine).
     attribution_precisions: those whose attribution gate passed (default: all of `precisions`).
+    preprocess "dali": the gpu target also gets a JPEG-bytes ensemble per model, and model.json
+    says so (the caller has passed the DALI parity gate, build/dali_gate.py).
 
     model.json goes last: its presence means a complete repository (make uses it as the marker)."""
     (repository / "model.json").unlink(missing_ok=True)
@@ -256,5 +268,17 @@ def write(
                 shutil.copy2(BUILD_DIR / "triton_python_model.py", version / "model.py")
                 shutil.copy2(BUILD_DIR / "runtimes.py", version / "runtimes.py")
             written[target].append(name)
+        if target == JPEG_TARGET and preprocess == "dali":
+            from build import jpeg_ensemble  # imports this module: not at the top
+
+            jpeg_ensemble.write_preprocess_model(target_dir, contract, "gpu")
+            ensembles = [jpeg_ensemble.write_ensemble(target_dir, contract, *job) for job in jobs]
+            written[target] += [PREPROCESS_MODEL, *ensembles]
+            contract = dataclasses.replace(
+                contract,
+                jpeg_ensembles=JpegEnsembles(
+                    JPEG_MODEL_SUFFIX, JPEG_INPUT, [JPEG_TARGET], "dali (nvJPEG, mixed decoder)"
+                ),
+            )
     contract.write(repository / "model.json")
     return written

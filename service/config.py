@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="/classify: decode JPEGs at a reduced DCT scale that still covers the resize "
         "target (gateway CPU -13%, capacity +33% on ViT-S; false: pixel-exact with timm)",
     )
+    jpeg_to_triton: bool = Field(
+        True,
+        description="/classify: send JPEG uploads as bytes to Triton's DALI ensembles when the "
+        "repository has them (make repo --preprocess dali); false: decode here as for any image",
+    )
     alpha_background: tuple[int, int, int] = Field(
         (255, 255, 255), description="transparent pixels are composited on this RGB colour"
     )

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.inputs import Upload
+from service.jpeg_path import JpegPath
 from service.limits import InFlightLimiter, request_bytes
 from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
@@ -26,6 +27,7 @@ class Services:
     executor: ThreadPoolExecutor
     pipeline: Pipeline
     limiter: InFlightLimiter
+    jpeg: JpegPath | None = None  # JPEG bytes to Triton's DALI ensembles, where built
 
 
 def get_services(request: Request) -> Services:

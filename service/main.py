@@ -17,6 +17,7 @@ from service import allocator, errors_http, explain_method
 from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
+from service.jpeg_path import JpegPath
 from service.limits import BodySizeLimit, InFlightLimiter
 from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
@@ -68,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter=InFlightLimiter(
                 settings.max_in_flight, settings.retry_after_s, settings.max_in_flight_mb * 2**20
             ),
+            jpeg=JpegPath(settings, metadata.jpeg_ensembles, triton, executor)
+            if settings.jpeg_to_triton and metadata.jpeg_ensembles
+            else None,
         )
         try:
             yield

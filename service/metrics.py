@@ -43,7 +43,7 @@ REQUEST_LATENCY = Histogram(
 )
 STAGE_LATENCY = Histogram(
     "gateway_stage_duration_seconds",
-    "Latency of one stage (decode, preprocess, triton, postprocess, render), by endpoint",
+    "Latency of one stage (decode, preprocess, header, triton, postprocess, render), by endpoint",
     ["endpoint", "stage"],
     buckets=LATENCY_BUCKETS,
 )
@@ -74,6 +74,14 @@ TRITON_ERRORS = Counter(
     "triton_error)",
     ["kind"],
 )
+JPEG_IMAGES = Counter(
+    "gateway_jpeg_images_total",
+    "/classify images sent to Triton as JPEG bytes (DALI ensembles, service/jpeg_path.py): sent, "
+    "or fallback when the ensemble failed and the gateway decoded them itself",
+    ["outcome"],
+)
+for _outcome in ("sent", "fallback"):
+    JPEG_IMAGES.labels(_outcome)
 for _method in ("rollout", "attribution"):  # bounded: the two methods, both from 0
     EXPLAINED_IMAGES.labels(_method)
 # Every kind starts at 0, so rate() and the alert rules see a series before the first error.

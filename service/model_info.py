@@ -14,12 +14,22 @@ class MetadataError(Exception):
 
 
 @dataclass(frozen=True)
+class JpegEnsembles:
+    """Triton's <model><suffix> takes each image's JPEG file as UINT8 [1, length] in `input`
+    (make repo --preprocess dali; service/jpeg_path.py)."""
+
+    suffix: str
+    input: str
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     model_name: str
     spec: Spec
     labels: tuple[str, ...]
     grid: tuple[int, int]
     num_prefix_tokens: int
+    jpeg_ensembles: JpegEnsembles | None = None
 
     @classmethod
     def load(cls, path: Path) -> ModelMetadata:
@@ -30,12 +40,16 @@ class ModelMetadata:
             )
         try:
             raw = json.loads(path.read_text())
+            jpeg = raw.get("jpeg_ensembles")  # absent unless built with --preprocess dali
             return cls(
                 model_name=raw["model_name"],
                 spec=Spec.from_metadata(raw["preprocessing"]),
                 labels=tuple(raw["labels"]),
                 grid=(int(raw["layout"]["grid"][0]), int(raw["layout"]["grid"][1])),
                 num_prefix_tokens=int(raw["layout"]["num_prefix_tokens"]),
+                jpeg_ensembles=JpegEnsembles(str(jpeg["suffix"]), str(jpeg["input"]))
+                if jpeg
+                else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MetadataError(f"{path} is not a valid model.json: {exc}") from exc

@@ -101,6 +101,7 @@ class TritonBackend:
         self._pattern = re.compile(rf"^{re.escape(prefix)}_({'|'.join(TASKS)})_([a-z0-9]+)$")
         self._retry_after_s = retry_after_s
         self._variants: dict[tuple[str, str], Variant] = {}
+        self._ready: frozenset[str] = frozenset()  # every READY model (JPEG ensembles included)
         self._refreshed_at = 0.0
         self._invalid = False  # a call failed in a way a stale catalog may explain
         self._refresh: asyncio.Future[dict[tuple[str, str], Variant]] | None = None
@@ -140,8 +141,10 @@ class TritonBackend:
             index = await self._client.get_model_repository_index(
                 as_json=True, client_timeout=timeout_s
             )
+            models = index.get("models", [])
+            ready = frozenset(m.get("name", "") for m in models if m.get("state") == "READY")
             found = {}
-            for model in index.get("models", []):
+            for model in models:
                 match = self._pattern.match(model.get("name", ""))
                 if not match or model.get("state") != "READY":
                     continue
@@ -159,7 +162,12 @@ class TritonBackend:
             metrics.TRITON_ERRORS.labels(error.code).inc()
             raise error from exc
         self._variants, self._refreshed_at, self._invalid = found, time.monotonic(), False
+        self._ready = ready
         return found
+
+    def is_ready(self, model: str) -> bool:
+        """Whether the catalog (refreshed by variants()) lists `model` as READY."""
+        return model in self._ready
 
     async def variant(self, task: str, precision: str, timeout_s: float) -> Variant:
         variants = await self.variants(timeout_s)
@@ -204,15 +212,50 @@ class TritonBackend:
                 ]
         except Exception as exc:
             cause = _first_error(exc)
-            error = translate(cause, self._retry_after_s)
-            metrics.TRITON_ERRORS.labels(error.code).inc()
-            if not isinstance(error, TritonQueueFull | TritonTimeout):
-                self._invalid = True  # restarted, unloaded or reconfigured: look again first
+            error = self._failed(cause)
             if "unknown model" in str(cause):  # gone since the catalog was read: 422 if so
                 await self.variant(variant.task, variant.precision, CATALOG_REFRESH_S)
             raise error from exc
         results = [task.result() for task in tasks]
         return {name: np.concatenate([r[name] for r in results]) for name in outputs}
+
+    def _failed(self, cause: BaseException) -> ServiceError:
+        error = translate(cause, self._retry_after_s)
+        metrics.TRITON_ERRORS.labels(error.code).inc()
+        if not isinstance(error, TritonQueueFull | TritonTimeout):
+            self._invalid = True  # restarted, unloaded or reconfigured: look again first
+        return error
+
+    async def infer_jpeg(
+        self, model: str, input_name: str, files: list[bytes], outputs: list[str], deadline_s: float
+    ) -> dict[str, np.ndarray]:
+        """JPEG files to a JPEG ensemble (service/jpeg_path.py): one request per file, UINT8
+        [1, length], all in flight at once, so Triton's dynamic batcher batches files of
+        different lengths (allow_ragged_batch) and no file is padded. Errors as infer()'s."""
+        try:
+            async with asyncio.timeout(deadline_s + 0.5), asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._infer_file(model, input_name, f, outputs, deadline_s))
+                    for f in files
+                ]
+        except Exception as exc:
+            raise self._failed(_first_error(exc)) from exc
+        results = [task.result() for task in tasks]
+        return {name: np.concatenate([r[name] for r in results]) for name in outputs}
+
+    async def _infer_file(
+        self, model: str, input_name: str, data: bytes, outputs: list[str], deadline_s: float
+    ) -> dict[str, np.ndarray]:
+        tensor = grpcaio.InferInput(input_name, [1, len(data)], "UINT8")
+        tensor.set_data_from_numpy(np.frombuffer(data, np.uint8).reshape(1, -1))
+        result = await self._client.infer(
+            model,
+            [tensor],
+            outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
+            client_timeout=deadline_s,
+            timeout=int(deadline_s * 1_000_000),
+        )
+        return {name: result.as_numpy(name) for name in outputs}
 
     async def _infer_one(
         self,

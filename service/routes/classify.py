@@ -43,20 +43,28 @@ async def classify(
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     started = slot.enter(uploads, display_side=None)
     timings: dict[str, float] = {}
-    prepared = await services.pipeline.prepare(
-        uploads,
-        ENDPOINT,
-        timings,
-        allow_draft=True,
-        display_side=None,
-        deadline=started + settings.request_timeout_s,
+    # JPEG bytes to Triton's DALI ensemble where the repository has one (service/jpeg_path.py)
+    sent = services.jpeg and await services.jpeg.classify(
+        variant, uploads, ENDPOINT, timings, deadline_s(settings, started)
     )
-    with metrics.stage(ENDPOINT, "triton", timings):
-        out = await services.triton.infer(
-            variant, prepared.tensors, ["logits"], deadline_s(settings, started)
+    if sent:
+        logits, sizes = sent.logits, sent.sizes
+    else:
+        prepared = await services.pipeline.prepare(
+            uploads,
+            ENDPOINT,
+            timings,
+            allow_draft=True,
+            display_side=None,
+            deadline=started + settings.request_timeout_s,
         )
+        with metrics.stage(ENDPOINT, "triton", timings):
+            out = await services.triton.infer(
+                variant, prepared.tensors, ["logits"], deadline_s(settings, started)
+            )
+        logits, sizes = out["logits"], prepared.sizes
     with metrics.stage(ENDPOINT, "postprocess", timings):
-        predictions = services.pipeline.top_k(out["logits"], top_k)
+        predictions = services.pipeline.top_k(logits, top_k)
         results = [
             ImageResult(
                 index=i,
@@ -65,9 +73,7 @@ async def classify(
                 height=size[1],
                 predictions=preds,
             )
-            for i, (upload, size, preds) in enumerate(
-                zip(uploads, prepared.sizes, predictions, strict=True)
-            )
+            for i, (upload, size, preds) in enumerate(zip(uploads, sizes, predictions, strict=True))
         ]
     timings["total"] = round(1000 * (time.perf_counter() - started), 3)
     return ClassifyResponse(

@@ -11,6 +11,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from build.contract import ModelContract
+from build.jpeg_ensemble import WARMUP_FILE, warmup_jpeg
+from build.names import JPEG_INPUT, PREPROCESS_MODEL, jpeg_model_name
 from build.repository import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
@@ -153,9 +156,11 @@ def tracked_configs() -> dict[str, str]:
 
 def test_tracked_configs_are_what_a_fresh_build_writes(repository, contract, tmp_path):
     """The committed config.pbtxt files and the build cannot drift apart unnoticed: the build's
-    writer runs into an empty folder and every file it writes must equal the committed one."""
+    writer runs into an empty folder and every file it writes must equal the committed one.
+    Committed: a build on 2 cores with --preprocess dali (the gpu target's JPEG ensembles are
+    reviewed code too; a build without the option writes the rest, unchanged)."""
     (tmp_path / "onnx").symlink_to(repository.resolve() / "onnx")  # the writer links them
-    repository_write(tmp_path, contract, PRECISIONS, cpu_instances=2)  # committed: 2 cores
+    repository_write(tmp_path, contract, PRECISIONS, cpu_instances=2, preprocess="dali")
     fresh = {
         f"model_repository/{p.relative_to(tmp_path)}": p.read_text()
         for p in sorted(tmp_path.glob("*/*/config.pbtxt"))
@@ -182,3 +187,98 @@ def test_a_typo_in_a_config_is_caught(repository):
     broken = path.read_text().replace("max_batch_size", "max_batch_sise")
     with pytest.raises(text_format.ParseError):
         text_format.Parse(broken, mc.ModelConfig())
+
+
+# --- the gpu target's JPEG ensembles (make repo --preprocess dali) -----------------------------
+
+SERVED = [(task, p) for task in TASKS for p in PRECISIONS]
+SERVED += [(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS]
+
+
+@pytest.fixture(scope="module")
+def dali_build(repository, contract, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dali-build")
+    (out / "onnx").symlink_to(repository.resolve() / "onnx")
+    written = repository_write(out, contract, PRECISIONS, cpu_instances=2, preprocess="dali")
+    return out, written
+
+
+def test_without_the_option_no_jpeg_model_is_written(repository, contract, tmp_path):
+    (tmp_path / "onnx").symlink_to(repository.resolve() / "onnx")
+    repository_write(tmp_path, contract, PRECISIONS, cpu_instances=2)
+    models = {p.name for p in (tmp_path / "gpu").iterdir()}
+    assert PREPROCESS_MODEL not in models and not [m for m in models if m.endswith("_jpeg")]
+    assert ModelContract.read(tmp_path / "model.json").jpeg_ensembles is None
+
+
+def test_the_dali_model_takes_ragged_jpeg_bytes_and_gives_the_models_input(dali_build, contract):
+    out, written = dali_build
+    config = parse(out / "gpu" / PREPROCESS_MODEL / "config.pbtxt")
+    assert config.backend == "dali" and PREPROCESS_MODEL in written["gpu"]
+    assert [(t.name, t.data_type, list(t.dims), t.allow_ragged_batch) for t in config.input] == [
+        (JPEG_INPUT, mc.TYPE_UINT8, [-1], True)
+    ]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
+        ("image", mc.TYPE_UINT8, [3, *contract.preprocessing.input_size])
+    ]
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert config.max_batch_size == TARGET_SETTINGS["gpu"].max_batch_size
+    assert config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert int(config.parameters["num_threads"].string_value) >= 1
+    model_dir = out / "gpu" / PREPROCESS_MODEL
+    assert (model_dir / "1" / "model.dali").stat().st_size > 0
+    # warm-up decodes a real JPEG (the first nvJPEG call allocates), as long as its file
+    warm = (model_dir / "warmup" / WARMUP_FILE).read_bytes()
+    assert warm == warmup_jpeg() and warm[:2] == b"\xff\xd8"
+    for w in config.model_warmup:
+        assert list(w.inputs[JPEG_INPUT].dims) == [len(warm)]
+        assert w.inputs[JPEG_INPUT].input_data_file == WARMUP_FILE
+    assert not (out / "cpu" / PREPROCESS_MODEL).exists()  # the gpu target only
+
+
+@pytest.mark.parametrize(("task", "precision"), SERVED)
+def test_each_ensemble_feeds_the_dali_image_to_its_model_and_passes_the_rest(
+    dali_build, task, precision
+):
+    out, written = dali_build
+    model = model_name(task, precision)
+    ensemble = parse(out / "gpu" / jpeg_model_name(model) / "config.pbtxt")
+    target = parse(out / "gpu" / model / "config.pbtxt")
+    dali = parse(out / "gpu" / PREPROCESS_MODEL / "config.pbtxt")
+    assert ensemble.platform == "ensemble" and jpeg_model_name(model) in written["gpu"]
+    assert (out / "gpu" / jpeg_model_name(model) / "1").is_dir()  # Triton needs a version
+    assert ensemble.max_batch_size <= min(target.max_batch_size, dali.max_batch_size)
+    first, second = ensemble.ensemble_scheduling.step
+    assert first.model_name == PREPROCESS_MODEL and second.model_name == model
+    # every tensor the steps read is an ensemble input or an earlier step's output
+    ensemble_inputs = {t.name: t for t in ensemble.input}
+    assert dict(first.input_map) == {JPEG_INPUT: JPEG_INPUT}
+    assert set(first.input_map) == {t.name for t in dali.input}
+    assert set(first.output_map) == {t.name for t in dali.output}
+    produced = set(first.output_map.values()) | set(ensemble_inputs)
+    assert set(second.input_map) == {t.name for t in target.input}
+    assert set(second.input_map.values()) <= produced
+    # the model's other inputs (discard_ratio, target_class) and all its outputs, unchanged
+    for tensor in target.input[1:]:
+        passed = ensemble_inputs[second.input_map[tensor.name]]
+        assert (passed.data_type, list(passed.dims)) == (tensor.data_type, list(tensor.dims))
+    assert set(second.output_map) == {t.name for t in target.output}
+    outputs = {t.name: (t.data_type, list(t.dims)) for t in ensemble.output}
+    assert outputs == {
+        second.output_map[t.name]: (t.data_type, list(t.dims)) for t in target.output
+    }
+
+
+def test_model_json_tells_the_gateway_which_models_take_jpeg_bytes(dali_build):
+    out, written = dali_build
+    jpeg = ModelContract.read(out / "model.json").jpeg_ensembles
+    assert jpeg is not None and jpeg.targets == ["gpu"] and jpeg.input == JPEG_INPUT
+    served = [m for m in written["gpu"] if m.startswith("vit_") and m != PREPROCESS_MODEL]
+    for model in [m for m in served if not m.endswith(jpeg.suffix)]:
+        assert model + jpeg.suffix in written["gpu"]
+    # the gateway reads it without build/ (service/model_info.py)
+    from service.model_info import ModelMetadata
+
+    metadata = ModelMetadata.load(out / "model.json")
+    assert metadata.jpeg_ensembles is not None
+    assert metadata.jpeg_ensembles.suffix == jpeg.suffix
