@@ -135,12 +135,15 @@ def test_attribution_models_take_a_class_per_image_and_warm_it(
         assert config.platform == "tensorrt_plan"
 
 
-def tracked_configs() -> dict[str, str]:
-    """path -> text of every config.pbtxt in git's index (what is committed and reviewed), not the
-    working tree, which the build overwrites."""
+JPEG_CONFIGS = "deploy/triton/gpu-jpeg"  # what --preprocess dali adds to the gpu target
+
+
+def tracked_configs(pattern: str) -> dict[str, str]:
+    """path -> text of every tracked config.pbtxt matching pattern, from git's index (what is
+    committed and reviewed), not the working tree, which the build overwrites."""
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "-z", "--", "model_repository/*/*/config.pbtxt"],
+            ["git", "ls-files", "-z", "--", pattern],
             cwd=ROOT, capture_output=True, check=True,
         ).stdout.decode().split("\0")  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
@@ -154,18 +157,26 @@ def tracked_configs() -> dict[str, str]:
     }
 
 
-def test_tracked_configs_are_what_a_fresh_build_writes(repository, contract, tmp_path):
+@pytest.mark.parametrize("preprocess", ["tensor", "dali"])
+def test_tracked_configs_are_what_a_fresh_build_writes(repository, contract, tmp_path, preprocess):
     """The committed config.pbtxt files and the build cannot drift apart unnoticed: the build's
-    writer runs into an empty folder and every file it writes must equal the committed one.
-    Committed: a build on 2 cores with --preprocess dali (the gpu target's JPEG ensembles are
-    reviewed code too; a build without the option writes the rest, unchanged)."""
+    writer runs into an empty folder (as on 2 cores) and every file it writes must equal the
+    committed one. model_repository/ holds what a default build writes (a build swaps in its whole
+    tree, so nothing else can be tracked there); the gpu target's JPEG ensembles of
+    --preprocess dali are reviewed in deploy/triton/gpu-jpeg/."""
     (tmp_path / "onnx").symlink_to(repository.resolve() / "onnx")  # the writer links them
-    repository_write(tmp_path, contract, PRECISIONS, cpu_instances=2, preprocess="dali")
+    repository_write(tmp_path, contract, PRECISIONS, cpu_instances=2, preprocess=preprocess)
     fresh = {
         f"model_repository/{p.relative_to(tmp_path)}": p.read_text()
         for p in sorted(tmp_path.glob("*/*/config.pbtxt"))
     }
-    tracked = tracked_configs()
+    tracked = tracked_configs("model_repository/*/*/config.pbtxt")
+    if preprocess == "dali":
+        jpeg = tracked_configs(f"{JPEG_CONFIGS}/*/config.pbtxt")
+        assert jpeg, "no tracked JPEG ensemble configs"
+        tracked |= {
+            path.replace(JPEG_CONFIGS, "model_repository/gpu"): text for path, text in jpeg.items()
+        }
     assert sorted(fresh) == sorted(tracked)
     for path, text in fresh.items():
         assert text == tracked[path], f"{path} differs from what the build writes"
