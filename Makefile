@@ -54,10 +54,11 @@ repo: $(STAMP) $(MODELOPT_STAMP)
 	$(BIN)/python -m build.cli --out $(REPO) $(ARGS)
 
 serve: $(STAMP) $(BUILT)
-	$(BIN)/python -m local_triton.serve --repository $(REPO)/cpu --host $(HOST) --port $(PORT)
+	$(BIN)/python -m local_triton.serve --repository $(REPO)/cpu --host $(HOST) --port $(PORT) \
+		$(ARGS)
 
 triton: $(STAMP) $(BUILT)
-	$(BIN)/python -m local_triton --repository $(REPO)/cpu
+	$(BIN)/python -m local_triton --repository $(REPO)/cpu $(ARGS)
 
 test: lint $(MODELOPT_STAMP) $(BUILT)
 	$(BIN)/python -m pytest $(ARGS)
