@@ -28,7 +28,8 @@ class Services:
     limiter: InFlightLimiter
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain def dependency in its thread pool, a thread hop per request.
     return request.app.state.services
 
 

@@ -80,14 +80,18 @@ def _crop_span(resized: int, target: int) -> tuple[int, int, tuple[int, int]]:
     return start, start + target, (0, 0)
 
 
-def preprocess(img: Image.Image, spec: Spec) -> tuple[np.ndarray, CropBox]:
+def preprocess(
+    img: Image.Image, spec: Spec, crop_region_only: bool = False
+) -> tuple[np.ndarray, CropBox]:
     """RGB image -> (uint8 [3, H, W], the crop box in original coordinates).
 
     Resize then crop, as timm does, while the resized image is at most FULL_RESIZE_MAX_AREA times
     the model's input (every normal photo: exact parity). Beyond that (thin strips, whose shorter
-    side is scaled up to the model's size) only the crop region is resized, so the work never
-    grows with the image's shape; Pillow's float32 box coordinates make that path differ from timm
-    by <= 0.5/255 on average (tests/service/test_preprocess.py).
+    side is scaled up to the model's size), or always with crop_region_only, only the crop region
+    is resized: the work is bounded by the model's input, not the image (a 4:3 photo at 224 px:
+    the resize costs about a third less). Pillow's float32 box coordinates make that path differ
+    from timm: <= 0.5/255 on average for strips, <= 0.3/255 for photos, a few pixels by up to
+    8/255 (tests/service/test_preprocess.py).
     """
     width, height = img.size
     new_w, new_h = resized_size(width, height, spec)
@@ -95,9 +99,11 @@ def preprocess(img: Image.Image, spec: Spec) -> tuple[np.ndarray, CropBox]:
     y0, y1, pad_y = _crop_span(new_h, spec.height)
     sx, sy = width / new_w, height / new_h
     interpolation = PIL_FILTERS[spec.interpolation]
+    small = new_w * new_h <= FULL_RESIZE_MAX_AREA * spec.width * spec.height
+    whole = small and not crop_region_only
     if (new_w, new_h) == (width, height):
         arr = np.asarray(img, dtype=np.uint8)[y0:y1, x0:x1]
-    elif new_w * new_h <= FULL_RESIZE_MAX_AREA * spec.width * spec.height:
+    elif whole:
         arr = np.asarray(img.resize((new_w, new_h), interpolation), dtype=np.uint8)[y0:y1, x0:x1]
     else:
         region = (x0 * sx, y0 * sy, min(width, x1 * sx), min(height, y1 * sy))

@@ -47,7 +47,7 @@ async def classify(
         uploads,
         ENDPOINT,
         timings,
-        allow_draft=True,
+        shortcuts=True,
         display_side=None,
         deadline=started + settings.request_timeout_s,
     )

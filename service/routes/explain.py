@@ -137,12 +137,12 @@ async def explain(
     side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
     display_side = side if render else None  # overlay copies only at the size rendered
     started = slot.enter(uploads, display_side)
-    # Heatmaps are compared with full decodes (reference, fidelity tests): no draft decoding here.
+    # Heatmaps are compared with timm-exact inputs (reference, fidelity tests): no shortcuts here.
     prepared = await services.pipeline.prepare(
         uploads,
         ENDPOINT,
         timings,
-        allow_draft=False,
+        shortcuts=False,
         display_side=display_side,
         deadline=started + settings.request_timeout_s,
     )
