@@ -82,9 +82,9 @@ class Pipeline:
                 f"(MAX_REQUEST_PIXELS) is {self.settings.max_request_pixels}"
             )
 
-    def _pixels(self, uploads: list[Upload]) -> None:
-        """Header-only look at every upload (no pixel decoded); unreadable ones count 0 here and
-        are reported by the decode that follows."""
+    def _check_headers(self, uploads: list[Upload]) -> None:
+        """The request's pixel budget from a header-only look at every upload (no pixel decoded);
+        unreadable ones count 0 here and are reported by the decode that follows."""
         total = 0
         for upload in uploads:
             size = images.header_size(upload.data)
@@ -153,7 +153,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         alone = len(uploads) == 1
         if not alone:  # every header first: no pixel is decoded for a request over its budget
-            await loop.run_in_executor(self.executor, self._pixels, uploads)
+            await loop.run_in_executor(self.executor, self._check_headers, uploads)
         budget = _RequestBudget(deadline, self.settings.retry_after_s)
         jobs = [
             loop.run_in_executor(
