@@ -5,14 +5,17 @@ on one machine, with the project's own open-loop generator and photo corpus:
   (b) alone   each served model in-process at its best batch: the limit
   (c) triton  Triton directly over gRPC with preprocessed tensors: what Triton adds
   (d) stack   the gateway in front of Triton, every precision, /classify and /explain
+  (e) floor   the same stack in front of a model that costs nothing (loadtest/floor.py): what the
+              cores pay per image when the model runs elsewhere (a GPU), in cores per 1,000 img/s
 
 For each system: the capacity at a p99 SLO (doubling search, then bisection), then one run at a
 fixed rate shared by all systems with every server's CPU time per request. Writes
 <out>/<prefix>-<model>.json and .md plus two PNG plots per model.
 
   python -m loadtest.bench_e2e [--models default,vit_small_patch16_224] [--slo-p99 500]
-      [--seconds 10] [--systems naive,alone,triton,stack] [--precisions fp32,fp16,int8]
-      [--tasks classify,explain] [--fixed-rate R] [--out docs/benchmarks] [--label TEXT]
+      [--seconds 10] [--systems naive,alone,triton,stack,floor] [--precisions fp32,fp16,int8]
+      [--tasks classify,explain] [--fixed-rate R] [--floor-max-rate 800] [--out docs/benchmarks]
+      [--label TEXT]
 
 Models other than "default" (the repository at --repository) are built once, with random weights
 and no network, into .run/bench-e2e/<model> with `python -m build.cli`.
@@ -33,7 +36,7 @@ from typing import IO
 
 import numpy as np
 
-from loadtest import bench_report, model_alone, processes
+from loadtest import bench_report, floor, model_alone, processes
 from loadtest import corpus as corpora
 from loadtest.openloop import RunResult, Target, run, run_sync
 from loadtest.report import one_line
@@ -42,7 +45,7 @@ from loadtest.targets import Body, HttpTarget, TritonTarget
 from local_triton.launcher import LocalTriton, TritonLaunchError
 from service.model_info import MetadataError, ModelMetadata
 
-SYSTEMS = ("naive", "alone", "triton", "stack")
+SYSTEMS = ("naive", "alone", "triton", "stack", "floor")
 BUILT_MODELS = processes.ROOT / ".run" / "bench-e2e"
 
 
@@ -71,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--start-rate", type=float, default=4.0, help="req/s where searches begin")
     p.add_argument("--max-rate", type=float, default=200.0, help="req/s where searches stop")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the doubling")
+    p.add_argument(
+        "--floor-max-rate",
+        type=float,
+        default=800.0,
+        help="req/s where the floor's search stops (a model that costs nothing goes further)",
+    )
     p.add_argument(
         "--fixed-rate",
         type=float,
@@ -159,12 +168,14 @@ class Bench:
         cpu: dict[str, Callable[[], float]],
         limit: float | None,
         stats: Callable[[], dict[str, float]] | None = None,
+        max_rate: float | None = None,
     ) -> None:
         """Warm up, search the capacity, then one run at the fixed rate with CPU per request
         (and, through Triton, its queue and compute time per request and mean batch)."""
         a = self.args
         print(f"\n== {system} {task} {precision}: {target.name}", flush=True)
-        start = a.start_rate if limit is None else max(a.start_rate, min(limit / 4, a.max_rate / 4))
+        top = max_rate or a.max_rate
+        start = a.start_rate if limit is None else max(a.start_rate, min(limit / 4, top / 4))
         self.run_at(target, nice(start), a.warmup, progress=False)
 
         def probe(rate: float) -> RunResult:
@@ -172,12 +183,12 @@ class Bench:
             print(f"  {one_line(result)}", flush=True)
             return result
 
-        sweep = search(probe, a.slo_p99, start, a.max_rate, a.refine)
+        sweep = search(probe, a.slo_p99, start, top, a.refine)
         print(f"  capacity at p99 <= {a.slo_p99:g} ms: {sweep.describe()}", flush=True)
         if self.fixed_rate is None:  # the first system sets it: half of what it sustained
             self.fixed_rate = nice((sweep.capacity or a.start_rate) / 2)
         stages: dict[str, list[float]] = {}
-        if isinstance(target, HttpTarget) and system == "stack":
+        if isinstance(target, HttpTarget) and system in ("stack", "floor"):
             target = dataclasses.replace(target, stages=stages)
         before, stats_before = {name: read() for name, read in cpu.items()}, stats and stats()
         fixed = self.run_at(target, self.fixed_rate, a.seconds)
@@ -272,6 +283,41 @@ class Bench:
                 name = f"vit_{task}_{precision}"
                 self.measure("stack", task, precision, target, cpu, limit, stats(name))
 
+    def floor(self) -> None:
+        """The stack (Triton + gateway, started anew) on the null models of loadtest/floor.py."""
+        names = [f"vit_{task}_{precision}" for task, precision in self.variants]
+        with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+            repository = floor.write_repository(self.repository, Path(tmp), names)
+            triton = processes.triton(repository, self.log("floor-triton"))
+            try:
+                grpc, http = triton.ports.grpc, triton.ports.http
+                assert triton.process is not None  # started
+                pid = triton.process.pid
+                gateway = processes.gateway(grpc, repository, self.log("floor-gateway"))
+                with processes.running(gateway):
+                    cpu = {
+                        "gateway": gateway.cpu_seconds,
+                        "triton": lambda: processes.cpu_seconds(pid),
+                    }
+                    for (task, precision), name in zip(self.variants, names, strict=True):
+                        target = HttpTarget(
+                            f"gateway /{task} {precision}, null model",
+                            gateway.url,
+                            f"/{task}",
+                            self.bodies,
+                            {"precision": precision},
+                        )
+
+                        def stats(name: str = name) -> dict[str, float]:
+                            return processes.triton_model_stats(http, name)
+
+                        self.measure(
+                            "floor", task, precision, target, cpu, None, stats,
+                            max_rate=self.args.floor_max_rate,
+                        )  # fmt: skip
+            finally:
+                triton.stop()
+
     def limit(self, task: str, precision: str) -> float | None:
         alone = self.alone.get(f"{task}/{precision}")
         return alone["best_images_per_s"] if alone else None
@@ -290,6 +336,8 @@ def bench_model(args: argparse.Namespace, model: str) -> dict:
             bench.naive()
         if {"triton", "stack"} & set(args.systems):
             bench.triton_and_stack()
+        if "floor" in args.systems:
+            bench.floor()
     finally:
         bench.close()
     return bench_report.assemble(args, model, repository, bench, started, load_before)

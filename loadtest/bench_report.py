@@ -100,6 +100,17 @@ def versions() -> dict:
     return found
 
 
+def cores_per_1000(system: dict) -> dict | None:
+    """Cores kept busy by 1,000 images/s through the gateway (one image per request):
+    1,000/s x c core-ms = c cores. "with_triton" adds Triton's own CPU (on this CPU target: its
+    python backend; a GPU host's TensorRT models spend less of it)."""
+    cpu = system["cpu_ms_per_request"]
+    if system["system"] not in ("stack", "floor") or "gateway" not in cpu:
+        return None
+    gateway = cpu["gateway"]
+    return {"gateway": round(gateway, 2), "with_triton": round(gateway + cpu["triton"], 2)}
+
+
 def ratio(num: dict, den: dict | None) -> dict | None:
     """num/den capacities, with whether each side is a measured value or a lower bound."""
     if den is None or not num.get("capacity_rps") or not den.get("capacity_rps"):
@@ -135,6 +146,7 @@ def assemble(
             None,
         )
         s["vs_triton"] = ratio(s, twin)
+        s["cores_per_1000_images_per_s"] = cores_per_1000(s)
     return {
         "kind": "bench-e2e",
         "label": args.label,
@@ -248,6 +260,32 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
         "divided by the requests answered.",
         "",
     ]
+    floors = [s for s in result["systems"] if s["system"] == "floor"]
+    if floors:
+        lines += [
+            "## Serving floor: the stack in front of a model that costs nothing",
+            "",
+            "What the cores pay per image when the model itself is free (on a GPU host it runs on "
+            "the GPU): the gateway and Triton's CPU per request at the fixed rate, and the cores "
+            "1,000 images/s keep busy (= core-ms per image). Capacity: this machine's cores, "
+            "shared with the generator.",
+            "",
+            "| task | precision | capacity req/s | gateway core-ms/req | Triton core-ms/req "
+            "| cores per 1,000 img/s: gateway | with Triton |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for s in floors:
+            cpu, cores = s["cpu_ms_per_request"], s["cores_per_1000_images_per_s"]
+            lines.append(
+                f"| {s['task']} | {s['precision']} | {s['capacity']} | {cpu['gateway']} "
+                f"| {cpu['triton']} | {cores['gateway']} | {cores['with_triton']} |"
+            )
+        lines += [
+            "",
+            "Triton's part here is its python backend's IPC and batching on the CPU; TensorRT "
+            'models on a GPU host do not pay that IPC, so "with Triton" is an upper bound.',
+            "",
+        ]
     inside = [s for s in result["systems"] if s.get("triton_per_request")]
     if inside:
         lines += [

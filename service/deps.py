@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
@@ -30,7 +29,8 @@ class Services:
     jpeg: JpegPath | None = None  # JPEG bytes to Triton's DALI ensembles, where built
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain def dependency in its thread pool, a thread hop per request.
     return request.app.state.services
 
 
@@ -39,34 +39,25 @@ class Admission:
     holds none) and sized by the memory the request will hold; released when the request ends."""
 
     def __init__(self, services: Services) -> None:
-        self._services = services
+        self.services = services
         self._nbytes: int | None = None
 
     def enter(self, uploads: list[Upload], display_side: int | None) -> float:
         """Takes the slot (or raises Overloaded); returns the time the request's deadline
         (REQUEST_TIMEOUT_S) counts from: the end of the upload."""
-        spec = self._services.metadata.spec
+        spec = self.services.metadata.spec
         nbytes = request_bytes(
             sum(len(u.data) for u in uploads), len(uploads), 3 * spec.height * spec.width,
             display_side,
         )  # fmt: skip
-        self._services.limiter.acquire(nbytes)
+        self.services.limiter.acquire(nbytes)
         self._nbytes = nbytes
         return time.perf_counter()
 
     def release(self) -> None:
         if self._nbytes is not None:
-            self._services.limiter.release(self._nbytes)
+            self.services.limiter.release(self._nbytes)
             self._nbytes = None
 
 
-async def inference_slot(request: Request) -> AsyncIterator[Admission]:
-    admission = Admission(request.app.state.services)
-    try:
-        yield admission
-    finally:
-        admission.release()
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
-InferenceSlot = Annotated[Admission, Depends(inference_slot)]

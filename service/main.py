@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Our own pixel check runs first; Pillow's bomb guard is aligned with it as a second line.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     allocator.keep_big_buffers_out_of_the_heap()  # RSS returns after big uploads
+    allocator.reuse_pillow_blocks()  # ... except a few decode buffers, kept for the next image
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -75,34 +75,56 @@ class Pipeline:
         self.metadata = metadata
         self.executor = executor
 
-    def _pixels(self, uploads: list[Upload]) -> int:
-        """Header-only look at every upload (no pixel decoded); unreadable ones count 0 here and
-        are reported by the decode that follows."""
+    def _check_request_pixels(self, pixels: int) -> None:
+        if pixels > self.settings.max_request_pixels:
+            raise PayloadTooLarge(
+                f"the request's images total {pixels} pixels; the limit per request "
+                f"(MAX_REQUEST_PIXELS) is {self.settings.max_request_pixels}"
+            )
+
+    def _check_headers(self, uploads: list[Upload]) -> None:
+        """The request's pixel budget from a header-only look at every upload (no pixel decoded);
+        unreadable ones count 0 here and are reported by the decode that follows."""
         total = 0
         for upload in uploads:
             size = images.header_size(upload.data)
             total += size[0] * size[1] if size else 0
-        return total
+        self._check_request_pixels(total)
 
     def _prepare_one(
-        self, upload: Upload, use_draft: bool, display_side: int | None, budget: _RequestBudget
+        self,
+        upload: Upload,
+        shortcuts: bool,
+        display_side: int | None,
+        budget: _RequestBudget,
+        alone: bool = False,
     ) -> _One:
+        """alone: the request's only image, whose own header check stands in for the request's
+        pixel budget (one pool job per request, not two)."""
+
+        def reserve(pixels: int) -> None:
+            budget.check()
+            if alone:
+                self._check_request_pixels(pixels)
+
         try:
             budget.check()
             spec = self.metadata.spec
             start = time.perf_counter()
+            use_draft = shortcuts and self.settings.jpeg_draft
             draft = (lambda w, h: preprocess.draft_request(w, h, spec)) if use_draft else None
             img, size = images.decode_sized(
                 upload.data,
                 self.settings.max_image_pixels,
                 self.settings.alpha_background,
                 draft,
-                reserve=budget.check,
+                reserve=reserve,
                 max_aspect_ratio=self.settings.max_aspect_ratio,
             )
             decoded = time.perf_counter()
             budget.check()
-            tensor, box = preprocess.preprocess(img, spec)
+            crop_only = shortcuts and self.settings.crop_resize
+            tensor, box = preprocess.preprocess(img, spec, crop_region_only=crop_only)
             if img.size != size:  # a draft decode: the box back in full-scale pixels
                 sx, sy = size[0] / img.width, size[1] / img.height
                 box = preprocess.CropBox(
@@ -120,25 +142,22 @@ class Pipeline:
         endpoint: str,
         timings: dict[str, float],
         *,
-        allow_draft: bool,
+        shortcuts: bool,
         display_side: int | None,
         deadline: float,
     ) -> Prepared:
-        """allow_draft: JPEG draft decoding if the JPEG_DRAFT setting is on; display_side: keep a
-        copy of each image at most this long (the overlay's size) to draw on; deadline: a
+        """shortcuts: /classify's faster preprocessing, each when its setting is on (JPEG_DRAFT:
+        reduced-scale JPEG decoding; CROP_RESIZE: only the crop region resized); display_side:
+        keep a copy of each image at most this long (the overlay's size) to draw on; deadline: a
         time.perf_counter() after which the pool skips this request's images."""
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self.executor, self._pixels, uploads)
-        if pixels > self.settings.max_request_pixels:
-            raise PayloadTooLarge(
-                f"the request's images total {pixels} pixels; the limit per request "
-                f"(MAX_REQUEST_PIXELS) is {self.settings.max_request_pixels}"
-            )
-        use_draft = self.settings.jpeg_draft and allow_draft
+        alone = len(uploads) == 1
+        if not alone:  # every header first: no pixel is decoded for a request over its budget
+            await loop.run_in_executor(self.executor, self._check_headers, uploads)
         budget = _RequestBudget(deadline, self.settings.retry_after_s)
         jobs = [
             loop.run_in_executor(
-                self.executor, self._prepare_one, upload, use_draft, display_side, budget
+                self.executor, self._prepare_one, upload, shortcuts, display_side, budget, alone
             )
             for upload in uploads
         ]

@@ -80,14 +80,18 @@ def _crop_span(resized: int, target: int) -> tuple[int, int, tuple[int, int]]:
     return start, start + target, (0, 0)
 
 
-def preprocess(img: Image.Image, spec: Spec) -> tuple[np.ndarray, CropBox]:
+def preprocess(
+    img: Image.Image, spec: Spec, crop_region_only: bool = False
+) -> tuple[np.ndarray, CropBox]:
     """RGB image -> (uint8 [3, H, W], the crop box in original coordinates).
 
     Resize then crop, as timm does, while the resized image is at most FULL_RESIZE_MAX_AREA times
     the model's input (every normal photo: exact parity). Beyond that (thin strips, whose shorter
-    side is scaled up to the model's size) only the crop region is resized, so the work never
-    grows with the image's shape; Pillow's float32 box coordinates make that path differ from timm
-    by <= 0.5/255 on average (tests/service/test_preprocess.py).
+    side is scaled up to the model's size), or always with crop_region_only, only the crop region
+    is resized: the work is bounded by the model's input, not the image (a 4:3 photo at 224 px:
+    the resize costs about a third less). Pillow's float32 box coordinates make that path differ
+    from timm: <= 0.5/255 on average for strips, <= 0.3/255 for photos, a few pixels by up to
+    8/255 (tests/service/test_preprocess.py).
     """
     width, height = img.size
     new_w, new_h = resized_size(width, height, spec)
@@ -95,19 +99,31 @@ def preprocess(img: Image.Image, spec: Spec) -> tuple[np.ndarray, CropBox]:
     y0, y1, pad_y = _crop_span(new_h, spec.height)
     sx, sy = width / new_w, height / new_h
     interpolation = PIL_FILTERS[spec.interpolation]
+    small = new_w * new_h <= FULL_RESIZE_MAX_AREA * spec.width * spec.height
+    whole = small and not crop_region_only
     if (new_w, new_h) == (width, height):
-        arr = np.asarray(img, dtype=np.uint8)[y0:y1, x0:x1]
-    elif new_w * new_h <= FULL_RESIZE_MAX_AREA * spec.width * spec.height:
-        arr = np.asarray(img.resize((new_w, new_h), interpolation), dtype=np.uint8)[y0:y1, x0:x1]
+        kept = img.crop((x0, y0, x1, y1))
+    elif whole:
+        kept = img.resize((new_w, new_h), interpolation).crop((x0, y0, x1, y1))
     else:
         region = (x0 * sx, y0 * sy, min(width, x1 * sx), min(height, y1 * sy))
-        arr = np.asarray(img.resize((x1 - x0, y1 - y0), interpolation, box=region), np.uint8)
+        kept = img.resize((x1 - x0, y1 - y0), interpolation, box=region)
+    arr = _planes(kept)
     if pad_x != (0, 0) or pad_y != (0, 0):  # crop_pct > 1: torchvision pads with zeros
-        arr = np.pad(arr, (pad_y, pad_x, (0, 0)))
+        arr = np.pad(arr, ((0, 0), pad_y, pad_x))
     # The box keeps the padded-array convention: on a padded axis the crop starts at 0.
     left, top = (x0 if pad_x == (0, 0) else 0), (y0 if pad_y == (0, 0) else 0)
     box = CropBox(left * sx, top * sy, (left + spec.width) * sx, (top + spec.height) * sy)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)), box
+    return arr, box
+
+
+def _planes(img: Image.Image) -> np.ndarray:
+    """RGB image -> uint8 [3, H, W], a plane per channel: ~110 us at 224 px where transposing
+    Pillow's interleaved pixels took ~180 us (numpy copies a strided uint8 axis byte by byte)."""
+    out = np.empty((3, img.height, img.width), np.uint8)
+    for i, channel in enumerate(img.split()):
+        out[i] = np.asarray(channel)
+    return out
 
 
 def draft_request(width: int, height: int, spec: Spec) -> tuple[int, int]:

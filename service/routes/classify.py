@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from service import metrics
-from service.deps import InferenceSlot, ServicesDep
 from service.inputs import read_uploads
-from service.routes.common import PRECISION_QUERY, deadline_s, plain_numbers, served_model
+from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
 from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse, ImageResult
 
 router = APIRouter()
@@ -22,11 +21,9 @@ ENDPOINT = "classify"
     response_model=ClassifyResponse,
     responses=ERROR_RESPONSES,
     openapi_extra=IMAGE_REQUEST_BODY,
-    dependencies=[Depends(plain_numbers)],
 )
 async def classify(
     request: Request,
-    services: ServicesDep,
     slot: InferenceSlot,
     top_k: Annotated[
         int,
@@ -35,6 +32,7 @@ async def classify(
     precision: PRECISION_QUERY = None,
 ) -> ClassifyResponse:
     """Classify one or more images; one result per image, in request order."""
+    services = slot.services
     settings = services.settings
     variant = await services.triton.variant(
         "classify", precision or settings.default_precision, settings.readiness_timeout_s
@@ -54,7 +52,7 @@ async def classify(
             uploads,
             ENDPOINT,
             timings,
-            allow_draft=True,
+            shortcuts=True,
             display_side=None,
             deadline=started + settings.request_timeout_s,
         )

@@ -9,18 +9,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service import discard_ratio as discard
 from service import explain_method, heatmap, metrics
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP
-from service.deps import InferenceSlot, ServicesDep
 from service.encode import IMAGE_FORMATS, negotiate
 from service.errors import InvalidParameter
 from service.explain_method import Method
 from service.inputs import read_uploads
-from service.routes.common import PRECISION_QUERY, deadline_s, plain_numbers, served_model
+from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
 from service.routes.explain_docs import IMAGE_RESPONSES, image_headers
 from service.schemas import (
     ERROR_RESPONSES,
@@ -56,11 +55,9 @@ EXPOSED_HEADERS = [
     response_model=ExplainResponse,
     responses={**ERROR_RESPONSES, **IMAGE_RESPONSES},
     openapi_extra=IMAGE_REQUEST_BODY,
-    dependencies=[Depends(plain_numbers)],
 )
 async def explain(
     request: Request,
-    services: ServicesDep,
     slot: InferenceSlot,
     method: Annotated[
         Method,
@@ -111,6 +108,7 @@ async def explain(
 ) -> Response | ExplainResponse:
     """Heatmaps with predictions, computed on Triton: attention rollout (method=rollout, the
     explain model) or class-specific attribution (method=attribution, the attribution model)."""
+    services = slot.services
     settings = services.settings
     answer = negotiate(output, request.headers.get("accept"))
     explain_method.check_parameters(method, request.query_params, target_class)
@@ -137,12 +135,12 @@ async def explain(
     side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
     display_side = side if render else None  # overlay copies only at the size rendered
     started = slot.enter(uploads, display_side)
-    # Heatmaps are compared with full decodes (reference, fidelity tests): no draft decoding here.
+    # Heatmaps are compared with timm-exact inputs (reference, fidelity tests): no shortcuts here.
     prepared = await services.pipeline.prepare(
         uploads,
         ENDPOINT,
         timings,
-        allow_draft=False,
+        shortcuts=False,
         display_side=display_side,
         deadline=started + settings.request_timeout_s,
     )

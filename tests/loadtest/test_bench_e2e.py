@@ -1,6 +1,7 @@
 """A seconds-long smoke run of `make bench-e2e` on the offline default: it starts the naive
-server, its own Triton and the gateway on free ports, measures every system side by side, writes
-the record, and stops everything it started. Numbers are not checked: speed is for the bench."""
+server, its own Triton and the gateway on free ports (and again on the null models of the serving
+floor), measures every system side by side, writes the record, and stops everything it started.
+Numbers are not checked: speed is for the bench."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
             "8",
             "--max-rate",
             "8",
+            "--floor-max-rate",
+            "8",
             "--refine",
             "0",
             "--fixed-rate",
@@ -68,6 +71,8 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
         ("triton", "explain", "int8"),
         ("stack", "classify", "int8"),
         ("stack", "explain", "int8"),
+        ("floor", "classify", "int8"),
+        ("floor", "explain", "int8"),
     ]
     for s in result["systems"]:
         runs = [*s["sweep"], s["fixed"]]
@@ -79,12 +84,16 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
         "naive": {"server", "generator"},
         "triton": {"triton", "generator"},
         "stack": {"gateway", "triton", "generator"},
+        "floor": {"gateway", "triton", "generator"},
     }
     for s in result["systems"][1:]:  # through Triton: its own view of the fixed-rate run
         assert s["triton_per_request"]["mean_batch"] >= 1, s
         assert s["triton_per_request"]["compute_ms"] > 0
     assert result["systems"][0]["triton_per_request"] is None
-    for s in result["systems"][3:]:  # the gateway's own timings of its answers
+    for s in result["systems"][3:]:  # the gateway's own timings of its answers, and its cores
+        cores = s["cores_per_1000_images_per_s"]
+        assert cores["gateway"] == s["cpu_ms_per_request"]["gateway"] > 0
+        assert cores["with_triton"] > cores["gateway"]
         stages = s["gateway_stages_ms"]
         assert {"decode", "preprocess", "triton", "total"} <= set(stages), s
         assert 0 < stages["triton"] < stages["total"]
@@ -100,7 +109,9 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     md = (tmp_path / "e2e-default.md").read_text()
     assert "> **smoke test**" in md and "| stack | explain | int8 |" in md
     assert "## Inside Triton at 4 req/s" in md
-    assert len(result["plots"]["p99_vs_rate"]) == 5
+    assert "## Serving floor: the stack in front of a model that costs nothing" in md
+    assert "| classify | int8 |" in md.split("## Serving floor")[1]
+    assert len(result["plots"]["p99_vs_rate"]) == 7
     assert (tmp_path / "e2e-default-p99.png").is_file()
     assert (tmp_path / "e2e-default-timeline.png").is_file()
 

@@ -51,7 +51,7 @@ def decoded(monkeypatch):
 
 
 def prepare(pipeline: Pipeline, uploads: list[Upload], *, deadline_in_s: float = 10.0, **kw):
-    kw.setdefault("allow_draft", False)
+    kw.setdefault("shortcuts", False)
     kw.setdefault("display_side", None)
     return asyncio.run(
         pipeline.prepare(
@@ -88,7 +88,7 @@ def test_jpeg_draft_reports_the_full_scale_size_and_crop_box(make_pipeline):
     photo = Image.fromarray(small).resize((3000, 2000), Image.Resampling.BILINEAR)
     jpeg = [Upload("big.jpg", encode(photo, "JPEG", quality=85))]
     full = prepare(make_pipeline(jpeg_draft=False), jpeg)
-    draft = prepare(make_pipeline(jpeg_draft=True), jpeg, allow_draft=True)
+    draft = prepare(make_pipeline(jpeg_draft=True), jpeg, shortcuts=True)
     assert draft.sizes == full.sizes == [(3000, 2000)]
     assert draft.boxes[0].left == pytest.approx(full.boxes[0].left, abs=8)
     assert draft.boxes[0].right == pytest.approx(full.boxes[0].right, abs=8)
@@ -100,3 +100,17 @@ def test_overlay_copies_are_kept_only_at_the_rendered_size(make_pipeline):
     assert out.displays[0] is not None and out.displays[0].size == (300, 150)
     assert out.sizes == [(3000, 1500)]
     assert prepare(make_pipeline(), [Upload(None, photo)]).displays == [None]
+
+
+def test_crop_resize_is_a_classify_shortcut_only(make_pipeline):
+    """CROP_RESIZE changes /classify's tensors (shortcuts=True) and nothing else: /explain, and
+    /classify with CROP_RESIZE=false, resize the whole image as timm does."""
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    upload = [Upload(None, encode(noisy, "PNG"))]
+    fast = prepare(make_pipeline(), upload, shortcuts=True).tensors
+    exact = prepare(make_pipeline(crop_resize=False), upload, shortcuts=True).tensors
+    explain = prepare(make_pipeline(), upload, shortcuts=False).tensors
+    assert np.array_equal(explain, exact)
+    assert not np.array_equal(fast, exact)
+    assert np.abs(fast.astype(int) - exact.astype(int)).mean() <= 0.3
