@@ -65,10 +65,13 @@ def test_rollout_finds_the_evidence_faster_than_random_maps(aucs):
     assert (aucs["random"] - aucs["rollout"]).mean() > 0.06
 
 
-def test_attribution_is_more_faithful_than_rollout_for_the_top1_class(aucs):
-    # measured 0.020 ± 0.005 / 0.016 ± 0.005 (0.016 ± 0.004 on all 360 held-out images); the
-    # smallest gap in the ordering, so the bound is the loosest one
-    assert (aucs["rollout"] - aucs["attribution"]).mean() > 0.005
+def test_attribution_is_at_least_as_faithful_as_rollout_for_the_top1_class(aucs):
+    # How far apart they are depends on the trained weights: +0.018 ± 0.004 on all 360 held-out
+    # images for the digits model of 2026-11-22 (accuracy 0.983), +0.003 ± 0.003 (360) and
+    # +0.004 (these 192) for today's build (0.989). The claim that survives retraining: the
+    # class-specific map is no less faithful than rollout (paired, two standard errors).
+    gap = aucs["rollout"] - aucs["attribution"]
+    assert gap.mean() > -2 * gap.std(ddof=1) / np.sqrt(len(gap)), gap.mean()
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])

@@ -175,18 +175,28 @@ def test_discard_ratio_input_stays_fp32_and_is_never_quantized(gpu_graph):
 
 
 def _correlation(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Per-image Pearson correlation, over the images whose maps are not constant."""
+    """Per-image Pearson correlation over the images whose reference map is not blank (min
+    fusion at discard 0.9 can blank a map: nothing to compare). A candidate blank where the
+    reference is not scores 0: a blank heatmap is a wrong answer, not a missing one."""
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     cand = candidate.reshape(len(candidate), -1).astype(np.float64)
     ref, cand = ref - ref.mean(1, keepdims=True), cand - cand.mean(1, keepdims=True)
-    denom = np.sqrt((ref**2).sum(1) * (cand**2).sum(1))
-    return (ref * cand).sum(1)[denom > 0] / denom[denom > 0]
+    ref_energy, cand_energy = (ref**2).sum(1), (cand**2).sum(1)
+    scored = ref_energy > 0
+    corr = np.zeros(int(scored.sum()))
+    both = cand_energy[scored] > 0
+    corr[both] = (ref * cand).sum(1)[scored][both] / np.sqrt(
+        ref_energy[scored][both] * cand_energy[scored][both]
+    )
+    return corr
 
 
-# Measured on the digits default (64 held-out images, ONNX Runtime CPU): fp16 >= 0.9999 mean
-# correlation with the reference at every ratio and fusion; int8 >= 0.98 (the min fusion at 0.9
-# is the lowest).
-MIN_DISCARD_CORRELATION = {"fp16": 0.999, "int8": 0.95}
+# Measured on the digits default (32 held-out images, ONNX Runtime CPU): fp16 median correlation
+# with the reference >= 0.9999 at every ratio and fusion and every image >= 0.99; int8 median
+# >= 0.99, the min fusion at 0.9 the lowest (one near-blank map of 30 blanked by int8, two
+# others at 0.91 and 0.93).
+MIN_DISCARD_CORRELATION = {"fp16": 0.999, "int8": 0.98}
+AGREEING_IMAGES = {"fp16": 1.0, "int8": 0.9}  # share of images with correlation >= 0.9
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +223,9 @@ def test_gpu_explain_graphs_match_the_reference_with_discard(
         for fusion in HEAD_FUSIONS:
             name = f"rollout_{fusion}"
             corr = _correlation(expected[name], got[name])
-            assert len(corr) >= len(images) - 2, (ratio, name)
-            assert corr.mean() >= MIN_DISCARD_CORRELATION[precision], (ratio, name, corr.mean())
+            assert len(corr) >= len(images) - 2, (ratio, name)  # the reference is rarely blank
+            assert np.median(corr) >= MIN_DISCARD_CORRELATION[precision], (ratio, name, corr)
+            assert (corr >= 0.9).mean() >= AGREEING_IMAGES[precision], (ratio, name, corr)
 
 
 def test_fp16_graphs_hold_no_qdq(gpu_graph):
