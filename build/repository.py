@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,10 +215,12 @@ def write(
     precisions: tuple[str, ...],
     cpu_instances: int | None = None,
     attribution_precisions: tuple[str, ...] | None = None,
+    gpu_not_served: Collection[str] = (),
 ) -> dict:
     """Write both targets for the given precisions; returns the model names per target.
     cpu_instances: see config_text (default: one per core of this machine).
     attribution_precisions: those whose attribution gate passed (default: all of `precisions`).
+    gpu_not_served: model names the gpu target leaves out (TensorRT's parser cannot take them).
 
     model.json goes last: its presence means a complete repository (make uses it as the marker)."""
     (repository / "model.json").unlink(missing_ok=True)
@@ -235,6 +238,8 @@ def write(
         jobs += [(ATTRIBUTION_TASK, p) for p in precisions if p in served]
         for task, precision in jobs:
             name = model_name(task, precision)
+            if target == "gpu" and name in gpu_not_served:
+                continue
             model_dir = target_dir / name
             (model_dir / "1").mkdir(parents=True, exist_ok=True)
             (model_dir / "config.pbtxt").write_text(
