@@ -94,13 +94,9 @@ bench-e2e: $(STAMP) $(BUILT)
 engines:
 	docker compose run --rm engines
 
-# GPU host: the `gpu` tests, in the same TensorRT container, against the default repository.
+# GPU host: the `gpu` tests, in the engines image (+ pytest), against the default repository.
 test-gpu:
-	docker compose run --rm --volume "$(CURDIR):/workspace" engines bash -c \
-		"python3 -m pip install --quiet --no-cache-dir -r requirements/engines.txt \
-		-r requirements/gpu-tests.txt -r requirements/dali.txt && python3 -m pytest -m gpu \
-		-W ignore::DeprecationWarning -p no:cacheprovider tests/build_stage/test_tensorrt.py \
-		tests/build_stage/test_ensemble_check.py"
+	docker compose --profile gpu-tests run --rm gpu-tests
 
 clean-repo:
 	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 \

@@ -65,8 +65,8 @@ def _run(plan: bytes, images, max_batch: int, discard_ratio=None) -> dict:
         discard_ratio = np.zeros((len(images), 1), np.float32)
     parts: dict[str, list] = {}
     with TrtRunner(EngineFromBytes(plan)) as runner:
-        takes_ratio = DISCARD_RATIO in runner.get_input_metadata()
-        takes_class = TARGET_CLASS in runner.get_input_metadata()
+        inputs = runner.get_input_metadata(use_numpy_dtypes=False)  # True is deprecated
+        takes_ratio, takes_class = DISCARD_RATIO in inputs, TARGET_CLASS in inputs
         for i in range(0, len(images), max_batch):
             feeds = {INPUT_NAME: np.ascontiguousarray(images[i : i + max_batch])}
             if takes_ratio:
@@ -76,7 +76,9 @@ def _run(plan: bytes, images, max_batch: int, discard_ratio=None) -> dict:
                 feeds[TARGET_CLASS] = np.full((len(feeds[INPUT_NAME]), 1), -1, np.int32)
             out = runner.infer(feeds)
             for name, value in out.items():
-                parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
+                # A copy: infer() returns views of host buffers it reuses on the next call (its
+                # docstring: "Runners may reuse these output buffers"); asarray would keep them.
+                parts.setdefault(name, []).append(np.array(value, dtype=np.float32, copy=True))
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 

@@ -125,6 +125,9 @@ class ExplainGraph(_AttentionGraph):
     def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
         super().__init__(model, pre, layout)
         tokens = self.eye.shape[0]
+        # A Python int: traced, eye.shape[0] ** 2 became a Pow on INT64 constants in the ONNX,
+        # which TensorRT's parser rejects before 10.12.
+        self.entries = int(tokens) * int(tokens)
         # vit-explain never discards the CLS-to-CLS entry; without a CLS token nothing is kept.
         keep = torch.zeros(tokens, tokens, dtype=torch.bool)
         keep[0, 0] = layout.query == "cls"
@@ -132,7 +135,7 @@ class ExplainGraph(_AttentionGraph):
 
     def _rollout(self, attentions: list[torch.Tensor], discard_ratio: torch.Tensor) -> torch.Tensor:
         """(B, fusions, grid_h, grid_w) for HEAD_FUSIONS in order."""
-        k = discard_count(discard_ratio, self.eye.shape[0] ** 2)
+        k = discard_count(discard_ratio, self.entries)
         result = None
         for attn in attentions:
             fused = torch.stack([fuse_heads(attn, f) for f in HEAD_FUSIONS], dim=1)

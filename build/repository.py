@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,12 +234,14 @@ def write(
     cpu_instances: int | None = None,
     attribution_precisions: tuple[str, ...] | None = None,
     preprocess: str = "tensor",
+    gpu_not_served: Collection[str] = (),
 ) -> dict:
     """Write both targets for the given precisions; returns the model names per target.
     cpu_instances: see config_text (default: one per core of this machine).
     attribution_precisions: those whose attribution gate passed (default: all of `precisions`).
     preprocess "dali": the gpu target also gets a JPEG-bytes ensemble per model, and model.json
     says so (the caller has passed the DALI parity gate, build/dali_gate.py).
+    gpu_not_served: model names the gpu target leaves out (TensorRT's parser cannot take them).
 
     model.json goes last: its presence means a complete repository (make uses it as the marker)."""
     (repository / "model.json").unlink(missing_ok=True)
@@ -256,6 +259,8 @@ def write(
         jobs += [(ATTRIBUTION_TASK, p) for p in precisions if p in served]
         for task, precision in jobs:
             name = model_name(task, precision)
+            if target == "gpu" and name in gpu_not_served:
+                continue
             model_dir = target_dir / name
             (model_dir / "1").mkdir(parents=True, exist_ok=True)
             (model_dir / "config.pbtxt").write_text(
@@ -272,7 +277,11 @@ def write(
             from build import jpeg_ensemble  # imports this module: not at the top
 
             jpeg_ensemble.write_preprocess_model(target_dir, contract, "gpu")
-            ensembles = [jpeg_ensemble.write_ensemble(target_dir, contract, *job) for job in jobs]
+            ensembles = [
+                jpeg_ensemble.write_ensemble(target_dir, contract, *job)
+                for job in jobs
+                if model_name(*job) not in gpu_not_served  # an ensemble needs its model
+            ]
             written[target] += [PREPROCESS_MODEL, *ensembles]
             contract = dataclasses.replace(
                 contract,

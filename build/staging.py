@@ -39,20 +39,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove(tree: Path, what: str) -> bool:
+    """Deletes as much of `tree` as it can and never raises: what is left (files another user
+    owns, e.g. root's from a container) is named in one warning, and the next build tries again."""
+    shutil.rmtree(tree, ignore_errors=True)
+    if not tree.exists():
+        return True
+    log.warning(
+        "could not remove %s (%s): it holds files this user may not delete; the next build "
+        "tries again (or: sudo rm -rf %s)",
+        tree,
+        what,
+        tree,
+    )
+    return False
+
+
 def recover(out: Path) -> None:
-    """Undo what a killed build left behind: its staging tree, or a swap cut in half."""
+    """Undo what a killed build left behind: its staging tree, or a swap cut in half; remove
+    the previous repository a swap could not delete."""
     previous = _sibling(out, "previous")
     if previous.is_dir():
         if out.exists():
-            shutil.rmtree(previous)
+            _remove(previous, "the previously served repository")
         else:
             previous.rename(out)
             log.info("restored %s from an interrupted swap", out)
     for stale in out.parent.glob(f"{out.name}.staging-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-            log.info("removed %s, left by a build that did not finish", stale.name)
+        if pid.isdigit() and not _alive(int(pid)) and _remove(stale, "left by an earlier build"):
+            log.info("removed %s, left by an earlier build", stale.name)
 
 
 def new_stage(out: Path) -> Path:
@@ -75,18 +91,19 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def swap_in(stage: Path, out: Path) -> None:
-    """Make the finished stage the served repository; the old one is deleted afterwards."""
+    """Make the finished stage the served repository; the old one is deleted afterwards. Once
+    swapped, nothing raises: an old tree that cannot be deleted is left for the next build."""
     if not out.exists():
         stage.rename(out)
         return
     if _exchange(stage, out):
-        shutil.rmtree(stage)  # now holds the previous repository
+        _remove(stage, "the previously served repository")  # the stage now holds the old tree
         return
     previous = _sibling(out, "previous")
-    shutil.rmtree(previous, ignore_errors=True)
+    _remove(previous, "the previously served repository")
     out.rename(previous)
     stage.rename(out)
-    shutil.rmtree(previous)
+    _remove(previous, "the previously served repository")
 
 
 def reject(stage: Path, out: Path) -> Path:

@@ -8,8 +8,10 @@ runs the engine on the held-out images and compares it with ONNX Runtime (build/
 
 * TensorRT 11 has no precision flags: networks are strongly typed and run the precision written
   in the ONNX (Model Optimizer's FP16/INT8 graphs); on 10.x STRONGLY_TYPED is set explicitly.
-* One optimisation profile from batch 1 to the config's max_batch_size; one timing cache shared by
-  every build (engines/timing.cache), so later builds skip the tactic timing already done.
+* One optimisation profile from batch 1 to the config's max_batch_size; one timing cache per
+  TensorRT version and GPU (engines/timing-<tensorrt>-<gpu>-sm<cc>.cache), shared by every build
+  there, so later builds skip the tactic timing already done. A cache TensorRT rejects anyway
+  (set_timing_cache returns False) is named in one line and replaced by an empty one.
 * Each plan gets model.plan.json: TensorRT version, GPU name and compute capability, the ONNX's
   sha256, the verification numbers. A plan whose record names another TensorRT, GPU or ONNX is
   refused and rebuilt; a plan that fails verification is removed (kept as model.plan.refused).
@@ -34,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from build import engine_check
+from build import engine_check, repository_owner
 from build.contract import ModelContract
 from build.names import INPUT_NAME
 from build.repository import (
@@ -46,7 +48,7 @@ from build.repository import (
     gpu_onnx_path,
 )
 
-TIMING_CACHE = Path("engines") / "timing.cache"
+TIMING_CACHES = Path("engines")
 
 
 class EngineBuildError(Exception):
@@ -85,9 +87,32 @@ def gpu_models(repository: Path) -> list[tuple[str, str, str]]:
     return found
 
 
+def timing_cache_file(repository: Path, tensorrt_version: str, gpu: dict) -> Path:
+    """The timing cache for this TensorRT and GPU model: tactic timings from another one are
+    wrong at best (TensorRT checks only the device properties, and only when asked to)."""
+    name = re.sub(r"[^a-z0-9.]+", "-", gpu["name"].lower()).strip("-")
+    capability = gpu["compute_capability"].replace(".", "")
+    return repository / TIMING_CACHES / f"timing-{tensorrt_version}-{name}-sm{capability}.cache"
+
+
+def attach_timing_cache(config, cache_file: Path) -> str:
+    """Gives the builder config the cache in `cache_file` (or an empty one when there is none,
+    or when TensorRT rejects it); returns "loaded", "new" or "rejected"."""
+    serialized = cache_file.read_bytes() if cache_file.is_file() else b""
+    if serialized:
+        cache = config.create_timing_cache(serialized)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return "loaded"
+        print(f"timing cache {cache_file} rejected by TensorRT: starting an empty one", flush=True)
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        raise EngineBuildError("TensorRT refused an empty timing cache")
+    return "rejected" if serialized else "new"
+
+
 def build_engine(
     onnx_file: Path, chw: tuple[int, ...], max_batch: int, workspace_gib: int, cache_file: Path
-) -> bytes:
+) -> tuple[bytes, str]:
+    """The serialized engine, and what became of the timing cache (attach_timing_cache)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -103,8 +128,7 @@ def build_engine(
         raise EngineBuildError(f"ONNX parse failed: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache_status = attach_timing_cache(config, cache_file)
     profile = builder.create_optimization_profile()
     opt = max(1, max_batch // 4)
     profile.set_shape(INPUT_NAME, (1, *chw), (opt, *chw), (max_batch, *chw))
@@ -121,7 +145,7 @@ def build_engine(
     tmp = cache_file.with_suffix(".tmp")
     tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     tmp.replace(cache_file)
-    return bytes(serialized)
+    return bytes(serialized), cache_status
 
 
 def _record_matches(meta_file: Path, expected: dict) -> bool:
@@ -152,7 +176,7 @@ def build_and_verify(repository: Path, workspace_gib: int) -> dict:
     contract = ModelContract.read(repository / "model.json")
     chw = (3, *contract.preprocessing.input_size)
     max_batch = TARGET_SETTINGS["gpu"].max_batch_size
-    cache_file = repository / TIMING_CACHE
+    cache_file = timing_cache_file(repository, trt.__version__, gpu)
     results: dict = {}
     for index, (name, task, precision) in enumerate(models, 1):
         onnx_file = gpu_onnx_path(repository, task, precision)
@@ -174,7 +198,9 @@ def build_and_verify(repository: Path, workspace_gib: int) -> dict:
             else:
                 print(f"[{index}/{len(models)}] {name}: building on {gpu['name']}", flush=True)
                 plan_file.unlink(missing_ok=True)  # a plan from another TensorRT/GPU/ONNX
-                plan = build_engine(onnx_file, chw, max_batch, workspace_gib, cache_file)
+                plan, entry["timing_cache"] = build_engine(
+                    onnx_file, chw, max_batch, workspace_gib, cache_file
+                )
                 entry["status"] = "built"
             entry["verification"] = engine_check.verify_engine(
                 plan, reference, task, precision, max_batch
@@ -199,7 +225,7 @@ def build_and_verify(repository: Path, workspace_gib: int) -> dict:
     return {
         "tensorrt_version": trt.__version__,
         "gpu": gpu,
-        "timing_cache": str(TIMING_CACHE),
+        "timing_cache": str(cache_file.relative_to(repository)),
         "models": results,
     }
 
@@ -219,13 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace-gib", type=int, default=4)
     args = parser.parse_args(argv)
     try:
-        if not (args.repository / "model.json").is_file():
-            raise EngineBuildError(f"{args.repository}/model.json missing: run make repo first")
-        engines = build_and_verify(args.repository, args.workspace_gib)
+        return _build(args.repository, args.workspace_gib)
+    finally:  # whatever happened: nothing root wrote stays root's (build/repository_owner.py)
+        repository_owner.give_back(args.repository)
+
+
+def _build(repository: Path, workspace_gib: int) -> int:
+    try:
+        if not (repository / "model.json").is_file():
+            raise EngineBuildError(f"{repository}/model.json missing: run make repo first")
+        engines = build_and_verify(repository, workspace_gib)
     except EngineBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_report(args.repository, engines)
+    write_report(repository, engines)
     failed = [
         f"{n} ({e['error']})" for n, e in engines["models"].items() if e["status"] == "failed"
     ]

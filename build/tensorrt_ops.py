@@ -1,6 +1,8 @@
-"""Does an ONNX graph stay inside what TensorRT's ONNX parser supports? Checked on the attribution
-graphs at build time, fp32 and the gpu fp16/int8 variants (the backward pass brings ops the forward
-graphs never had), recorded in the build report, so the gpu target's configs are not a guess.
+"""Does an ONNX graph stay inside what TensorRT's ONNX parser supports? Checked at build time on
+every graph the gpu target serves (classify, explain, attribution at each precision: the fp32 files
+and Model Optimizer's fp16/int8 ones), recorded in the build report ("tensorrt_parser"), so the gpu
+target's configs are not a guess. A graph that fails is not served on the gpu target (as a failed
+attribution gate: the build goes on, the cpu target still serves it; `not_served` names why).
 
 SUPPORTED is the subset of onnx-tensorrt's docs/operators.md (TensorRT 10.x, opsets 9-20) that
 these graphs can contain, with the types listed there; AXES_FROM_INITIALIZER are the ops whose
@@ -9,7 +11,11 @@ these graphs can contain, with the types listed there; AXES_FROM_INITIALIZER are
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
+
+from build.repository import gpu_onnx_path, model_name
 
 FLOAT = {"FLOAT", "FLOAT16", "BFLOAT16"}
 ANY = FLOAT | {"INT32", "INT64"}
@@ -75,8 +81,26 @@ def check(model: onnx.ModelProto) -> dict:
         if axes and axes not in constants:
             problems.add(f"{node.op_type}: axes not an initializer")
     return {
-        "source": "onnx-tensorrt docs/operators.md (TensorRT 10.x)",
         "ops": dict(sorted(ops.items())),
         "problems": sorted(problems),
         "passed": not problems,
+    }
+
+
+def check_gpu_models(repository: Path, models: list[tuple[str, str]]) -> dict:
+    """The report's "tensorrt_parser" section for the gpu models (task, precision): each one's
+    ONNX and check, and `not_served`: {model name: reason} for those that failed."""
+    checked = {}
+    for task, precision in models:
+        path = gpu_onnx_path(repository, task, precision)
+        entry = {"onnx": str(path.relative_to(repository)), **check(onnx.load(str(path)))}
+        checked[model_name(task, precision)] = entry
+    return {
+        "source": "onnx-tensorrt docs/operators.md (TensorRT 10.x)",
+        "models": checked,
+        "not_served": {
+            name: "TensorRT parser check: " + "; ".join(entry["problems"])
+            for name, entry in checked.items()
+            if not entry["passed"]
+        },
     }

@@ -3,6 +3,7 @@ repository stays byte-identical (real build subprocesses; a small random-weight 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -108,3 +109,74 @@ def test_a_running_build_keeps_its_stage(tmp_path):
     live.mkdir()
     staging.recover(out)
     assert live.is_dir()  # this test's own pid: alive
+
+
+def _as_a_user(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a python that may not override file permissions, like a user's `make repo`:
+    as root (CI containers), without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER (dropped
+    from the bounding set before exec, so the kernel checks the permission bits as for anyone)."""
+
+    def drop_file_capabilities() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2, 3):  # DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        preexec_fn=drop_file_capabilities if os.geteuid() == 0 else None,
+    )  # fmt: skip
+
+
+def _tree_with_a_locked_directory(root: Path) -> Path:
+    """What a root container (the engines step) leaves for a user: a directory whose entries the
+    user may not delete (read-only here, so that it also holds for root without its overrides)."""
+    (root / "model.json").parent.mkdir(parents=True)
+    (root / "model.json").write_text("{}")
+    locked = root / "gpu" / "vit_classify_fp16" / "1"
+    locked.mkdir(parents=True)
+    (locked / "model.plan").write_bytes(b"engine")
+    locked.chmod(0o555)
+    return locked
+
+
+# A build's last steps (build.cli), and the next build's first, in processes of their own.
+BUILD_AND_SWAP = """
+import logging, sys; from pathlib import Path; from build import staging
+logging.basicConfig(level=logging.INFO)
+out = Path(sys.argv[1]); stage = staging.new_stage(out)
+(stage / "model.json").write_text('{"new": true}')
+staging.swap_in(stage, out); print(stage)
+"""
+NEXT_BUILD = """
+import logging, sys; from pathlib import Path; from build import staging
+logging.basicConfig(level=logging.INFO)
+staging.discard(staging.new_stage(Path(sys.argv[1])))
+"""
+
+
+def test_an_old_tree_the_user_cannot_delete_never_fails_the_swap(tmp_path):
+    """The swap is done before the old tree is deleted: files the user may not delete are named
+    in one warning (no traceback, exit 0), and the next build removes them once it can."""
+    out = tmp_path / "repo"
+    locked = _tree_with_a_locked_directory(out)
+    try:
+        proc = _as_a_user(BUILD_AND_SWAP, str(out))
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert (out / "model.json").read_text() == '{"new": true}'  # swapped in
+        old = Path(proc.stdout.strip())  # the stage, now holding the old tree
+        (warning,) = [line for line in proc.stderr.splitlines() if "could not remove" in line]
+        assert str(old) in warning and "next build" in warning
+        locked = old / locked.relative_to(out)
+        assert (locked / "model.plan").is_file() and not (out / "gpu").exists()
+        # The next build, still not allowed to: one warning again, and it builds.
+        proc = _as_a_user(NEXT_BUILD, str(out))
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"could not remove {old}" in proc.stderr and locked.exists()
+    finally:
+        for directory in [tmp_path, *tmp_path.rglob("*")]:
+            if directory.is_dir():
+                directory.chmod(0o755)
+    staging.recover(out)  # once it may (the owner fixed, or chowned): gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]

@@ -94,13 +94,28 @@ def test_report_names_the_gpu_variant_tool_and_versions(report):
     assert set(gpu["onnx"]) == {
         f"{t}_{p}" for t in ("classify", "explain", "attribution") for p in ("fp16", "int8")
     }
-    # The gpu attribution variants (AutoCast fp16, Model Optimizer Q/DQ) pass TensorRT's parser
-    # support list too: Q/DQ, Cast and the backward pass's ops.
-    checks = gpu["tensorrt_parser_ops"]
-    assert set(checks) == {"attribution_fp16", "attribution_int8"}
-    assert all(check["passed"] for check in checks.values()), checks
-    assert checks["attribution_int8"]["ops"]["QuantizeLinear"] > 0
-    assert checks["attribution_fp16"]["ops"]["Cast"] > 0
+
+
+def test_every_gpu_graph_passes_the_tensorrt_parser_check(report):
+    """Each graph the gpu target serves (classify, explain, attribution x fp32, fp16, int8: the
+    fp32 files, AutoCast's fp16 and Model Optimizer's Q/DQ int8) against TensorRT's parser
+    support list: none left out, and the check looked at the files it names."""
+    section = report["tensorrt_parser"]
+    assert set(section["models"]) == set(report["repository"]["models"]["gpu"])
+    served_attribution = {
+        p for p in ("fp16", "int8") if report["gates"][f"attribution_{p}"]["status"] == "passed"
+    }
+    expected = {f"vit_{t}_{p}" for t in ("classify", "explain") for p in ("fp32", "fp16", "int8")}
+    expected |= {f"vit_attribution_{p}" for p in {"fp32", *served_attribution}}
+    assert set(section["models"]) == expected and section["not_served"] == {}
+    for name, check in section["models"].items():
+        assert check["passed"] and check["problems"] == [], (name, check)
+    models = section["models"]
+    assert models["vit_explain_fp32"]["onnx"] == "onnx/explain_fp32.onnx"
+    assert models["vit_explain_int8"]["onnx"] == "onnx/gpu/explain_int8.onnx"
+    assert models["vit_classify_int8"]["ops"]["QuantizeLinear"] > 0
+    assert models["vit_attribution_fp16"]["ops"]["Cast"] > 0
+    assert models["vit_explain_fp16"]["ops"]["Less"] > 0  # the discard bisection was checked
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -128,10 +143,9 @@ def test_attribution_variants_gated_by_map_agreement_with_fp32(report, precision
 
 def test_attribution_verified_against_the_eager_reference_in_the_report(report):
     """fp32 on both CPU runtimes, batch 1 and 8, top-1 and a class per image, within 1e-4 of the
-    map's max; the TensorRT parser check is recorded."""
+    map's max."""
     section = report["parity"]["attribution"]
     assert section["onnx_checker"] == "passed"
-    assert section["tensorrt_parser_ops"]["passed"], section["tensorrt_parser_ops"]
     for runtime in ("onnxruntime", "openvino_f32"):
         for batch in ("batch_1", "batch_8"):
             for targets in ("top1", "mixed"):

@@ -193,6 +193,40 @@ def test_an_attribution_precision_whose_gate_failed_gets_no_model(repository, co
         assert {model_name(ATTRIBUTION_TASK, "fp16"), model_name("classify", "int8")} <= models
 
 
+def test_a_graph_tensorrt_cannot_parse_is_not_served_on_the_gpu_target(
+    repository, contract, tmp_path
+):
+    """The build's check over every gpu graph (build.cli.check_gpu_graphs, the real ONNX files)
+    with one gpu graph TensorRT's parser cannot take (an op outside its support list): that model
+    is named with the reason and left out of the gpu target only; the cpu target serves it."""
+    from onnx import helper
+
+    from build.cli import check_gpu_graphs
+    from build.repository import gpu_onnx_path
+
+    for folder in ("onnx", "onnx/gpu"):
+        (tmp_path / folder).mkdir()
+        for graph in (repository / folder).glob("*.onnx"):
+            (tmp_path / folder / graph.name).symlink_to(graph.resolve())
+    broken = onnx.load(str(gpu_onnx_path(repository, "explain", "int8")))
+    broken.graph.node.append(helper.make_node("NonMaxSuppression", ["logits", "logits"], ["nms"]))
+    target = gpu_onnx_path(tmp_path, "explain", "int8")
+    target.unlink()
+    onnx.save(broken, str(target))
+    section = check_gpu_graphs(tmp_path, PRECISIONS, ATTRIBUTION_PRECISIONS)
+    assert len(section["models"]) == 9
+    assert section["not_served"] == {
+        "vit_explain_int8": "TensorRT parser check: "
+        "NonMaxSuppression: not in TensorRT's supported operators"
+    }
+    written = repository_write(
+        tmp_path, contract, PRECISIONS, 2, gpu_not_served=set(section["not_served"])
+    )
+    assert "vit_explain_int8" in written["cpu"] and "vit_explain_int8" not in written["gpu"]
+    assert not (tmp_path / "gpu" / "vit_explain_int8").exists()
+    assert len(written["gpu"]) == 8 and (tmp_path / "cpu" / "vit_explain_int8").is_dir()
+
+
 def test_a_typo_in_a_config_is_caught(repository):
     path = repository / "cpu" / model_name("classify", "fp32") / "config.pbtxt"
     broken = path.read_text().replace("max_batch_size", "max_batch_sise")

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import timm
 import torch
 
-from build import contract, export, graphs, runtimes, verify
+from build import contract, export, graphs, runtimes, tensorrt_ops, verify
 
 LAYOUTS = {
     "cls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4), 1, "cls"),
@@ -97,3 +98,12 @@ def test_non_vit_model_is_refused():
 def test_onnx_files_are_self_contained(exported):
     out, *_ = exported
     assert sorted(p.name for p in Path(out).iterdir()) == ["classify.onnx", "explain.onnx"]
+
+
+def test_both_graphs_pass_the_tensorrt_parser_check(exported):
+    """Every layout's classify and explain graph stays inside TensorRT's parser support list
+    (an explain graph once held a Pow on INT64 constants: T ** 2 traced from a buffer's shape)."""
+    out, *_ = exported
+    for name in ("classify.onnx", "explain.onnx"):
+        result = tensorrt_ops.check(onnx.load(str(Path(out) / name)))
+        assert result["passed"], (name, result["problems"])

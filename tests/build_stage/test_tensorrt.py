@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from build import engine_check
+from build.names import DISCARD_RATIO, TARGET_CLASS
 from build.repository import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
@@ -20,7 +22,12 @@ from build.repository import (
     TASKS,
     model_name,
 )
-from build.tensorrt_engine import gpu_models
+from build.tensorrt_engine import (
+    attach_timing_cache,
+    gpu_models,
+    timing_cache_file,
+)
+from tests.build_stage import polygraphy_replay
 from tests.helpers import ROOT
 
 HAS_GPU = shutil.which("nvidia-smi") is not None and importlib.util.find_spec("tensorrt")
@@ -38,9 +45,35 @@ def engines(repository, timeout: int = 3600) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def copy(repository, tmp_path):
+    """The repository as `make repo` leaves it: without the engines a GPU host may have built
+    into it (plans, their records, the timing cache), so every engine here is built anew."""
     out = tmp_path / "model_repository"
     subprocess.run(["cp", "-a", str(repository), str(out)], check=True)
+    for plan in (out / "gpu").glob("*/1/model.plan*"):
+        plan.unlink()
+    shutil.rmtree(out / "engines", ignore_errors=True)
     return out
+
+
+class TestTheCopyOfARepositoryWithEngines:
+    @pytest.fixture
+    def repository(self, repository, tmp_path_factory):
+        """The served repository of a GPU host after `make engines`: plans and timing cache."""
+        served = tmp_path_factory.mktemp("served") / "model_repository"
+        subprocess.run(["cp", "-a", str(repository), str(served)], check=True)
+        for name, _, _ in gpu_models(served):
+            for suffix in ("plan", "plan.json", "plan.refused"):
+                (served / "gpu" / name / "1").mkdir(exist_ok=True)
+                (served / "gpu" / name / "1" / f"model.{suffix}").write_bytes(b"engine")
+        (served / "engines").mkdir()
+        (served / "engines" / "timing.cache").write_bytes(b"cache")
+        return served
+
+    def test_holds_no_engine_and_no_timing_cache(self, copy, repository):
+        assert list(repository.glob("gpu/*/1/model.plan*"))  # the fixture above did plant them
+        assert not list(copy.glob("gpu/*/1/model.plan*"))
+        assert not (copy / "engines").exists()
+        assert (copy / "model.json").is_file() and gpu_models(copy) == gpu_models(repository)
 
 
 @pytest.mark.skipif(bool(HAS_GPU), reason="checks the behaviour without a GPU")
@@ -123,7 +156,9 @@ def test_engines_build_verify_and_record_on_a_gpu(copy):
         assert entry["status"] == "built" and entry["verification"]["passed"], (name, entry)
         meta = json.loads((copy / "gpu" / name / "1" / "model.plan.json").read_text())
         assert meta["profile"]["max"] == 32 and meta["gpu"] == report["gpu"]
-    assert (copy / "engines" / "timing.cache").stat().st_size > 0
+    assert report["timing_cache"].startswith("engines/timing-" + report["tensorrt_version"])
+    assert (copy / report["timing_cache"]).stat().st_size > 0
+    assert {e["timing_cache"] for e in report["models"].values()} <= {"new", "loaded"}
     # Unchanged inputs: nothing rebuilt. A plan recorded for another TensorRT: refused, rebuilt.
     meta_file = copy / "gpu" / "vit_classify_fp16" / "1" / "model.plan.json"
     meta = json.loads(meta_file.read_text())
@@ -148,6 +183,29 @@ def test_one_failing_engine_is_named_and_the_rest_still_built(copy):
     assert all(e["status"] == "built" for n, e in models.items() if n != "vit_classify_int8")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root, as in the engines container")
+@pytest.mark.skipif(bool(HAS_GPU), reason="without a GPU: the run is cut short, exit 2")
+def test_what_the_engines_step_writes_as_root_goes_to_the_repository_owner(copy):
+    """The engines container runs as root: whatever it wrote into the user's repository (here
+    a plan, the timing cache and their directories, as a run that was cut short left them) is
+    given to the owner of model.json, so the user's next make repo / make clean-repo can delete
+    it. Here the run itself stops at once (no GPU): ownership is fixed on every way out."""
+    user = (4242, 4243)
+    for path in [copy, *copy.rglob("*")]:  # as the user's make repo left it
+        os.lchown(path, *user)
+    plan_dir = copy / "gpu" / "vit_classify_fp16" / "1"
+    shutil.rmtree(plan_dir, ignore_errors=True)
+    plan_dir.mkdir()
+    (plan_dir / "model.plan").write_bytes(b"engine")
+    (copy / "engines").mkdir()
+    (copy / "engines" / "timing.cache").write_bytes(b"cache")
+    assert plan_dir.stat().st_uid == 0
+    proc = engines(copy, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in [copy, *copy.rglob("*")]}
+    assert owners == {user}
+
+
 def test_engine_builder_imports_without_torch():
     """The TensorRT container need not have torch or numpy: the builder imports neither."""
     code = (
@@ -166,10 +224,8 @@ def test_compose_starts_triton_only_after_every_engine_passed():
     engines_service, triton = services["engines"], services["triton"]
     assert triton["depends_on"]["engines"]["condition"] == "service_completed_successfully"
     assert "profiles" not in engines_service  # `docker compose up` runs it first, every time
-    command = " ".join(engines_service["command"])
-    assert "-r requirements/engines.txt" in command and "-m build.tensorrt_engine" in command
-    mounts = engines_service["volumes"]
-    assert "./requirements/engines.txt:/workspace/requirements/engines.txt:ro" in mounts
+    assert "-m build.tensorrt_engine" in " ".join(engines_service["command"])
+    assert "./model_repository:/workspace/model_repository" in engines_service["volumes"]
     makefile = (ROOT / "Makefile").read_text()
     engines_recipe = makefile.split("\nengines:\n", 1)[1].split("\n\n", 1)[0]
     assert engines_recipe.strip() == "docker compose run --rm engines"  # no host venv
@@ -200,3 +256,157 @@ def test_attribution_engine_verification_reads_its_own_graphs_maps(
     assert result["top1_agreement_vs_onnxruntime"] == 1.0
     if not passed:
         assert result["failures"] == ["attribution correlation below 0.95"]
+
+
+def _stand_in_engine(feeds: dict) -> dict:
+    """Outputs that differ for every image: a batch aliasing another batch cannot pass."""
+    images = feeds["image"].astype(np.float32)
+    flat = images.reshape(len(images), -1)
+    out = {"logits": flat[:, :10] + flat.sum(1, keepdims=True)}
+    if DISCARD_RATIO in feeds:
+        out["rollout_mean"] = images[:, 0, :8, :8] * (1 + feeds[DISCARD_RATIO].reshape(-1, 1, 1))
+    if TARGET_CLASS in feeds:
+        out["attribution"] = images[:, 1, :8, :8] + feeds[TARGET_CLASS].reshape(-1, 1, 1)
+    return out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ((DISCARD_RATIO, np.float32),), ((TARGET_CLASS, np.int32),)],
+    ids=["classify", "explain", "attribution"],
+)
+def test_run_keeps_every_batchs_outputs_although_polygraphy_reuses_its_buffers(monkeypatch, extra):
+    """_run for real over polygraphy's host-side output handling (one host buffer per output,
+    reused by every infer(), outputs returned as views of it): 100 images at max batch 32 are
+    four infer() calls, the last one smaller; every image's outputs must be its own."""
+    runners = polygraphy_replay.install(
+        monkeypatch, _stand_in_engine, polygraphy_replay.engine_inputs((3, 32, 32), *extra)
+    )
+    images = np.random.default_rng(0).integers(0, 256, (100, 3, 32, 32), dtype=np.uint8)
+    ratios = np.linspace(0.0, 0.9, len(images), dtype=np.float32).reshape(-1, 1)
+    got = engine_check._run(b"plan", images, 32, ratios if extra else None)
+    (runner,) = runners
+    assert runner.infer_calls == 4 and not runner.is_active
+    feeds = {"image": images}
+    if extra and extra[0][0] == DISCARD_RATIO:
+        feeds[DISCARD_RATIO] = ratios
+    if extra and extra[0][0] == TARGET_CLASS:
+        feeds[TARGET_CLASS] = np.full((len(images), 1), -1, np.int32)
+    expected = _stand_in_engine(feeds)
+    assert set(got) == set(expected)
+    for name, values in expected.items():
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("task", "precision"),
+    [("classify", "fp16"), ("explain", "int8"), (ATTRIBUTION_TASK, "int8")],
+)
+def test_verify_engine_passes_an_exact_engine_through_polygraphys_buffer_reuse(
+    repository, monkeypatch, task, precision
+):
+    """An engine that returns exactly ONNX Runtime's outputs for each image it is fed (looked up
+    in the repository's reference by the image's bytes) must pass verify_engine, which runs _run
+    over polygraphy's replayed host buffers: kept views would make every batch the last one."""
+    ref = np.load(repository / engine_check.REFERENCE_FILE)
+    key = engine_check.reference_key
+    logits = ref[key(task, precision, "logits")]
+    row = {ref["images"][i].tobytes(): i for i in range(len(logits))}
+    ratios = ref[engine_check.DISCARD_RATIO_KEY]
+
+    def exact_engine(feeds: dict) -> dict:
+        index = np.array([row[image.tobytes()] for image in feeds["image"]])
+        out = {"logits": logits[index]}
+        if DISCARD_RATIO in feeds:
+            mixed = bool(feeds[DISCARD_RATIO].any())
+            if mixed:  # the second run: each image with its own ratio
+                np.testing.assert_array_equal(feeds[DISCARD_RATIO], ratios[index])
+            name = "rollout_mean_discard" if mixed else "rollout_mean"
+            out["rollout_mean"] = ref[key(task, precision, name)][index]
+        if TARGET_CLASS in feeds:
+            out["attribution"] = ref[key(task, precision, "attribution")][index]
+        return out
+
+    extra = {"explain": [(DISCARD_RATIO, np.float32)], ATTRIBUTION_TASK: [(TARGET_CLASS, np.int32)]}
+    chw = ref["images"].shape[1:]
+    meta = polygraphy_replay.engine_inputs(chw, *extra.get(task, []))
+    runners = polygraphy_replay.install(monkeypatch, exact_engine, meta)
+    result = engine_check.verify_engine(b"plan", ref, task, precision, 32)
+    assert result["passed"], result
+    assert result["top1_agreement_vs_onnxruntime"] == 1.0
+    assert result["logits_max_abs_diff_vs_onnxruntime"] == 0.0
+    assert all(r.infer_calls > 1 for r in runners)  # several batches, so reuse was exercised
+    if task != "classify":
+        assert result["heatmap_correlation_vs_onnxruntime"] == pytest.approx(1.0)
+
+
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "driver": "580.65.06"}
+
+
+def test_the_timing_cache_is_keyed_by_tensorrt_version_and_gpu(tmp_path):
+    key = timing_cache_file(tmp_path, "11.2.1", H100)
+    assert key == tmp_path / "engines" / "timing-11.2.1-nvidia-h100-80gb-hbm3-sm90.cache"
+    assert timing_cache_file(tmp_path, "11.2.1", {**H100, "driver": "590.1"}) == key
+    others = {
+        timing_cache_file(tmp_path, "11.1.0", H100),
+        timing_cache_file(tmp_path, "11.2.1", {**H100, "name": "NVIDIA H200"}),
+        timing_cache_file(tmp_path, "11.2.1", {**H100, "compute_capability": "10.0"}),
+    }
+    assert len(others) == 3 and key not in others
+
+
+class ReplayedTimingCache:
+    def __init__(self, header: bytes) -> None:
+        self.header = header
+
+
+class ReplayedBuilderConfig:
+    """IBuilderConfig's timing-cache calls as TensorRT's Python API documents them:
+    create_timing_cache(serialized) makes an ITimingCache (b"": a new, empty one; None, as a null
+    pointer, when the bytes are no cache); set_timing_cache(cache, ignore_mismatch) returns a
+    bool, False when the cache's verification header holds another device's properties and
+    ignore_mismatch is False; the config keeps the cache only when it returns True."""
+
+    def __init__(self, device: bytes) -> None:
+        self.device = device
+        self.attached: ReplayedTimingCache | None = None
+
+    def create_timing_cache(self, serialized: bytes) -> ReplayedTimingCache | None:
+        if not serialized:
+            return ReplayedTimingCache(self.device)
+        header, _, _ = serialized.partition(b"|")
+        return ReplayedTimingCache(header) if header.startswith(b"device:") else None
+
+    def set_timing_cache(self, cache: ReplayedTimingCache, ignore_mismatch: bool) -> bool:
+        if cache.header != self.device and not ignore_mismatch:
+            return False
+        self.attached = cache
+        return True
+
+
+@pytest.mark.parametrize(
+    ("written", "status"),
+    [
+        (None, "new"),
+        (b"device:h100|tactics", "loaded"),
+        (b"device:a100|tactics", "rejected"),  # set_timing_cache returns False
+        (b"\x00 truncated", "rejected"),  # create_timing_cache gives no cache
+    ],
+    ids=["absent", "same-device", "other-device", "not-a-cache"],
+)
+def test_a_timing_cache_tensorrt_rejects_is_replaced_by_an_empty_one(
+    tmp_path, capsys, written, status
+):
+    cache_file = timing_cache_file(tmp_path, "11.2.1", H100)
+    if written is not None:
+        cache_file.parent.mkdir(parents=True)
+        cache_file.write_bytes(written)
+    config = ReplayedBuilderConfig(b"device:h100")
+    assert attach_timing_cache(config, cache_file) == status
+    assert config.attached is not None and config.attached.header == b"device:h100"
+    printed = capsys.readouterr().out.splitlines()
+    if status == "rejected":
+        assert printed == [f"timing cache {cache_file} rejected by TensorRT: starting an empty one"]
+    else:
+        assert printed == []

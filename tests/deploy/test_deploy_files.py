@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service import gunicorn_conf
@@ -29,22 +30,75 @@ def test_compose_matches_the_compose_spec():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dockerfile_lints_clean():
+ENGINES_DOCKERFILE = ROOT / "deploy" / "docker" / "engines.Dockerfile"
+
+
+@pytest.mark.parametrize("dockerfile", [ROOT / "Dockerfile", ENGINES_DOCKERFILE], ids=str)
+def test_dockerfile_lints_clean(dockerfile):
     proc = subprocess.run(
-        [BIN / "hadolint", "--failure-threshold", "info", ROOT / "Dockerfile"],
+        [BIN / "hadolint", "--failure-threshold", "info", dockerfile],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_hadolint_fails_an_engines_image_that_installs_unpinned_packages(tmp_path):
+    """The lint above can fail on this file: a pip install of a bare name is DL3013."""
+    broken = tmp_path / "engines.Dockerfile"
+    text = ENGINES_DOCKERFILE.read_text()
+    pinned = "-r /opt/vit/requirements/engines.txt \\\n        -r /opt/vit/requirements/dali.txt"
+    assert pinned in text
+    broken.write_text(text.replace(pinned, "polygraphy", 1))
+    proc = subprocess.run(
+        [BIN / "hadolint", "--failure-threshold", "info", broken], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "DL3013" in proc.stdout, proc.stdout
+
+
 def test_engine_builder_and_triton_share_one_release():
-    """Engines only load on the TensorRT version that built them: same YY.MM for both images."""
+    """Engines only load on the TensorRT version that built them: the engines image is built
+    FROM the TensorRT image of the Triton image's YY.MM."""
     services = compose()["services"]
 
     def release(image: str) -> str:
         return re.fullmatch(r"nvcr\.io/nvidia/\w+:(\d\d\.\d\d)-py3", image)[1]
 
-    assert release(services["engines"]["image"]) == release(services["triton"]["image"])
+    bases = re.findall(r"^FROM (\S+)", ENGINES_DOCKERFILE.read_text(), re.M)
+    assert bases[0].startswith("nvcr.io/nvidia/tensorrt:")
+    assert release(bases[0]) == release(services["triton"]["image"])
+    assert bases[1:] == ["engines"]  # the gpu-tests stage adds to the same image
+
+
+def test_the_engines_step_needs_no_network_at_run_time():
+    """Its Python packages are baked into the image (engines.txt; the gpu-tests stage adds
+    gpu-tests.txt), compose builds it, and no compose service installs anything when it runs."""
+    services = compose()["services"]
+    for name, target in (("engines", "engines"), ("gpu-tests", "gpu-tests")):
+        build = services[name]["build"]
+        assert build["dockerfile"] == "deploy/docker/engines.Dockerfile"
+        assert build["target"] == target and build["context"] == "."
+    assert services["engines"]["image"] == "vit-engines:0.1.0"
+    text = ENGINES_DOCKERFILE.read_text()
+    stages = dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", text, re.M | re.S))
+    installs = {
+        stage: re.findall(r"-r (/opt/vit/requirements/\S+)", body.replace("\\\n", " "))
+        for stage, body in stages.items()
+    }
+    assert installs == {  # the JPEG ensembles' check (build/ensemble_check.py) runs DALI
+        "engines": ["/opt/vit/requirements/engines.txt", "/opt/vit/requirements/dali.txt"],
+        "gpu-tests": ["/opt/vit/requirements/gpu-tests.txt"],
+    }
+    assert "COPY requirements/engines.txt requirements/dali.txt /opt/vit/requirements/" in text
+    assert "COPY requirements/gpu-tests.txt /opt/vit/requirements/gpu-tests.txt" in text
+    command = " ".join(services["engines"]["command"])
+    assert "build.tensorrt_engine" in command and "build.ensemble_check" in command
+    for name, service in services.items():
+        run = " ".join(map(str, [*service.get("command", []), *service.get("entrypoint", [])]))
+        assert "pip install" not in run, name
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ntest-gpu:\n", 1)[1].split("\n\n", 1)[0]
+    assert recipe.strip() == "docker compose --profile gpu-tests run --rm gpu-tests"
+    assert "pip" not in makefile.split("\nengines:\n", 1)[1].split("\n\n", 1)[0]
 
 
 def test_gateway_waits_for_a_ready_triton_and_outlives_its_own_shutdown():

@@ -4,6 +4,7 @@ clean, and wire up: selectors, ports, probes, GPU resources, PDBs, HPAs, monitor
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,19 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from build import gpu_product
 from local_triton.launcher import GrpcKeepalive
 from service import gunicorn_conf
-from tests.deploy.kube import KUBERNETES, OVERLAYS, container, find, rendered, rendered_text
+from tests.deploy.kube import (
+    KUBERNETES,
+    LOADERS,
+    OVERLAYS,
+    container,
+    find,
+    pod_specs,
+    rendered,
+    rendered_text,
+)
 from tests.deploy.monitoring_files import ADAPTER_VALUES, PROMETHEUS_RULE, prometheus_rule_manifest
 from tests.helpers import ROOT
 
@@ -30,7 +41,7 @@ ALLOWED_CRDS = {
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *LOADERS])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_validate_strictly(overlay, version):
     unknown = []
@@ -58,8 +69,8 @@ def test_strict_validation_rejects_an_unknown_field():
 
 
 def test_yaml_lints_clean(tmp_path):
-    for overlay in OVERLAYS:
-        (tmp_path / f"{overlay}.yaml").write_text(rendered_text(overlay))
+    for overlay in (*OVERLAYS, *LOADERS):
+        (tmp_path / f"{overlay.replace('/', '-')}.yaml").write_text(rendered_text(overlay))
     paths = [KUBERNETES, ROOT / "monitoring", ROOT / "docker-compose.yml", tmp_path]
     proc = subprocess.run(
         [BIN / "yamllint", "-c", ROOT / ".yamllint.yaml", "-f", "parsable", *paths],
@@ -190,3 +201,109 @@ def test_prometheus_rule_is_the_compose_rules_file():
     """deploy/kubernetes/base/monitoring.yaml is generated from monitoring/rules/vit-alerts.yml:
     regenerate with `python -m tests.deploy.monitoring_files` after changing the rules."""
     assert PROMETHEUS_RULE.read_text() == prometheus_rule_manifest()
+
+
+GPU_PRODUCT_ENV = KUBERNETES / "components" / "gpu-product" / "gpu-product.env"
+
+
+def documented_gpu_product() -> str:
+    (line,) = [x for x in GPU_PRODUCT_ENV.read_text().splitlines() if x.startswith("GPU_PRODUCT=")]
+    return line.split("=", 1)[1]
+
+
+@pytest.mark.parametrize("rendering", ["gpu", "loader/gpu"])
+def test_pods_running_plans_are_pinned_to_the_documented_gpu_product(rendering):
+    """A plan loads only on the GPU model that built it: Triton (overlays/gpu) and the loader
+    that builds plans in the cluster (loader/gpu) select nodes by GPU Feature Discovery's
+    nvidia.com/gpu.product label, with the value set in one place (gpu-product.env)."""
+    product = documented_gpu_product()
+    assert product == gpu_product.node_label(product.replace("-", " "))  # a GFD label value
+    name = "Deployment/vit-triton" if rendering == "gpu" else "Job/vit-model-loader"
+    spec = pod_specs(rendered(rendering))[name]
+    assert spec["nodeSelector"] == {gpu_product.LABEL: product}
+    assert not any(d["kind"] == "ConfigMap" for d in rendered(rendering))  # read, never applied
+    readme = (ROOT / "README.md").read_text()
+    assert "deploy/kubernetes/components/gpu-product/gpu-product.env" in readme
+    assert "python -m build.gpu_product" in readme
+
+
+def test_pods_without_tensorrt_are_not_pinned():
+    for rendering in ("cpu", "loader/copy"):
+        for name, spec in pod_specs(rendered(rendering)).items():
+            assert gpu_product.LABEL not in spec.get("nodeSelector", {}), (rendering, name)
+    gateway = pod_specs(rendered("gpu"))["Deployment/vit-gateway"]
+    assert gpu_product.LABEL not in gateway.get("nodeSelector", {})
+
+
+def writable_claim_mounts(docs: list[dict]) -> dict[str, list[str]]:
+    """{workload: [mount paths]} of every mount of the repository's claim that may write."""
+    found: dict[str, list[str]] = {}
+    for name, spec in pod_specs(docs).items():
+        volumes = {
+            v["name"]: v["persistentVolumeClaim"]
+            for v in spec.get("volumes", [])
+            if "persistentVolumeClaim" in v
+        }
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            for mount in c.get("volumeMounts", []):
+                claim = volumes.get(mount["name"])
+                if claim and not (mount.get("readOnly") or claim.get("readOnly")):
+                    found.setdefault(name, []).append(mount["mountPath"])
+    return found
+
+
+def test_exactly_the_loader_mounts_the_repository_writable():
+    """kubectl cp needs a writable target: the loader Job is the only pod that has one; Triton
+    and the gateway read the claim, never write it."""
+    for overlay in OVERLAYS:
+        assert writable_claim_mounts(rendered(overlay)) == {}, overlay
+    for loader in LOADERS:
+        docs = rendered(loader)
+        assert writable_claim_mounts(docs) == {"Job/vit-model-loader": ["/models"]}, loader
+        claim = find(docs, "PersistentVolumeClaim", "vit-model-repository")
+        assert claim == find(rendered("gpu"), "PersistentVolumeClaim", "vit-model-repository")
+        job = find(docs, "Job", "vit-model-loader")["spec"]
+        assert job["backoffLimit"] == 0 and job["activeDeadlineSeconds"] > 0
+        (loader_container,) = job["template"]["spec"]["containers"]
+        script = loader_container["command"][-1]
+        assert "until [ -f /models/.loaded ]" in script and "kubectl cp" in script
+    copy = find(rendered("loader/copy"), "Job", "vit-model-loader")["spec"]["template"]["spec"]
+    assert copy["containers"][0]["image"].startswith("busybox:")  # tar, for kubectl cp
+    assert "nvidia.com/gpu" not in copy["containers"][0]["resources"]["limits"]
+
+
+def test_the_gpu_loader_builds_engines_with_the_engines_image():
+    docs = rendered("loader/gpu")
+    (c,) = find(docs, "Job", "vit-model-loader")["spec"]["template"]["spec"]["containers"]
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert c["image"] == services["engines"]["image"]  # vit-engines:<project version>
+    assert (
+        c["command"][-1]
+        .rstrip()
+        .endswith("exec python3 -m build.tensorrt_engine --repository /models")
+    )
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_the_gpu_product_helper_prints_gpu_feature_discoverys_label(tmp_path, capsys):
+    """GFD's nvidia.com/gpu.product: the NVML name, each space replaced by '-'."""
+    assert gpu_product.node_label("NVIDIA H100 80GB HBM3") == "NVIDIA-H100-80GB-HBM3"
+    assert gpu_product.node_label("Tesla V100-SXM2-16GB") == "Tesla-V100-SXM2-16GB"
+    assert gpu_product.node_label("NVIDIA A100-SXM4-40GB") == "NVIDIA-A100-SXM4-40GB"
+    with pytest.raises(gpu_product.GpuProductError):
+        gpu_product.node_label("GPU (engineering sample)")  # not a label value
+    repository = tmp_path / "model_repository"
+    repository.mkdir()
+    assert gpu_product.main(["--repository", str(repository)]) == 2  # no engines yet
+    assert capsys.readouterr().err.startswith("error: ")
+    engines = {"gpu": {"name": "NVIDIA L40S", "compute_capability": "8.9"}}
+    (repository / "build_report.json").write_text(json.dumps({"engines": engines}))
+    env = tmp_path / "gpu-product.env"
+    env.write_text(GPU_PRODUCT_ENV.read_text())
+    assert gpu_product.main(["--repository", str(repository), "--write", str(env)]) == 0
+    assert capsys.readouterr().out == "NVIDIA-L40S\n"
+    lines = env.read_text().splitlines()
+    assert lines[-1] == "GPU_PRODUCT=NVIDIA-L40S" and sum("GPU_PRODUCT=" in x for x in lines) == 1
+    assert [x for x in lines if x.startswith("#")] == [
+        x for x in GPU_PRODUCT_ENV.read_text().splitlines() if x.startswith("#")
+    ]

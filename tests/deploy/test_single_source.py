@@ -36,6 +36,7 @@ DOCKERFILES = {
     "triton-cpu": ROOT / "deploy" / "docker" / "triton-cpu.Dockerfile",
     "loadtest": ROOT / "deploy" / "docker" / "loadtest.Dockerfile",
 }
+ENGINES_DOCKERFILE = ROOT / "deploy" / "docker" / "engines.Dockerfile"  # FROM TensorRT, not python
 GATEWAY_PORT = int(gunicorn_conf.bind.rsplit(":", 1)[1])
 
 
@@ -246,7 +247,12 @@ def test_image_versions_agree():
     triton = compose()["triton"]["image"]
     assert kustomize_image("gpu", "triton") == triton
     release = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", triton)[1]
-    assert compose()["engines"]["image"] == f"nvcr.io/nvidia/tensorrt:{release}-py3"
+    engines_base = re.search(r"^FROM (\S+)", ENGINES_DOCKERFILE.read_text(), re.M)[1]
+    assert engines_base == f"nvcr.io/nvidia/tensorrt:{release}-py3"
+    releases = set(
+        re.findall(r"nvcr\.io/nvidia/\w+:(\d\d\.\d\d)", (ROOT / "README.md").read_text())
+    )
+    assert releases == {release}, "the README names another YY.MM"
     assert compose()["perf-analyzer"]["image"] == f"nvcr.io/nvidia/tritonserver:{release}-py3-sdk"
     bases = {n: re.search(r"^FROM (\S+)", p.read_text(), re.M)[1] for n, p in DOCKERFILES.items()}
     assert len(set(bases.values())) == 1, bases
@@ -259,13 +265,17 @@ def test_image_versions_agree():
     assert compose()["gateway-cpu"]["image"] == f"vit-gateway:{version}"
     assert kustomize_image("base", "vit-gateway") == f"vit-gateway:{version}"
     assert compose()["loadtest"]["image"] == f"vit-loadtest:{version}"
+    assert compose()["engines"]["image"] == f"vit-engines:{version}"
+    assert compose()["gpu-tests"]["image"] == f"vit-engines-tests:{version}"
 
 
 def test_readme_states_the_versions_that_must_match():
     readme = (ROOT / "README.md").read_text()
+    engines_base = re.search(r"^FROM (\S+)", ENGINES_DOCKERFILE.read_text(), re.M)[1]
     for image in (
         compose()["triton"]["image"],
         compose()["engines"]["image"],
+        engines_base,
         compose()["prometheus"]["image"],
         compose()["grafana"]["image"],
     ):
