@@ -37,10 +37,10 @@ from service.triton import TritonBackend, Variant
 DECODED_BY_DALI = ("RGB", "L")  # Pillow's modes for YCbCr and greyscale JPEGs
 END_OF_IMAGE = b"\xff\xd9"
 # A one-upload request whose JPEG header (everything before the scan) fits in this many bytes is
-# checked on the event loop: ~50 µs for a usual header, against ~0.4 core-ms for the hop to a pool
-# thread and back (through the serving floor, docs/benchmarks.md). The bound caps what a hostile
-# header costs the loop: Pillow parses a segment in 2-5 µs, and 1,000 tiny ones took 1.5-5 ms.
-# Longer headers (EXIF thumbnails, ICC profiles) and several uploads are checked in the pool.
+# checked on the event loop: ~0.1 core-ms a check there against ~0.2 with the hop to a pool thread
+# and back (scripts/bench_jpeg_call.py, docs/benchmarks.md). The bound caps what a hostile header
+# costs the loop: Pillow parses a segment in 2-5 µs, and 1,000 tiny ones took 1.5-5 ms. Longer
+# headers (EXIF thumbnails, ICC profiles) and several uploads are checked in the pool.
 INLINE_HEADER_BYTES = 4096
 
 

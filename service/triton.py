@@ -5,9 +5,11 @@ backoff capped so a restarted Triton is found again within seconds. Every Triton
 translated here, once, into the service's own exceptions (service/errors.py).
 
 JPEG files go to Triton through the generated gRPC stub on a channel of their own, one
-ModelInferRequest each, without tritonclient's per-call objects (InferInput's numpy copy,
-InferRequestedOutput, InferResult): that was ~0.2-0.3 of the ~0.7 core-ms a call costs the
-gateway, and the JPEG path makes one call per image (docs/benchmarks.md).
+ModelInferRequest each (the file's bytes as they came), without tritonclient's per-call objects
+(InferInput's numpy copy, InferRequestedOutput, InferResult). Measured, that saves little: 0.67
+against 0.70 client core-ms per call, lower in 7 of 9 rounds (scripts/bench_jpeg_call.py,
+docs/benchmarks.md); gRPC's own work is most of a call. Errors read as tritonclient reads them
+(translate()), so both paths answer alike.
 """
 
 from __future__ import annotations
