@@ -6,7 +6,9 @@ on one machine, with the project's own open-loop generator and photo corpus:
   (c) triton  Triton directly over gRPC with preprocessed tensors: what Triton adds
   (d) stack   the gateway in front of Triton, every precision, /classify and /explain
   (e) floor   the same stack in front of a model that costs nothing (loadtest/floor.py): what the
-              cores pay per image when the model runs elsewhere (a GPU), in cores per 1,000 img/s
+              cores pay per image when the model runs elsewhere (a GPU), in cores per 1,000 img/s,
+              /classify by both paths: the gateway decodes (tensors) or sends the JPEG bytes to a
+              null <model>_jpeg (JPEG_TO_TRITON, the DALI ensembles' interface)
 
 For each system: the capacity at a p99 SLO (doubling search, then bisection), then one run at a
 fixed rate shared by all systems with every server's CPU time per request. Writes
@@ -18,7 +20,8 @@ fixed rate shared by all systems with every server's CPU time per request. Write
       [--label TEXT]
 
 Models other than "default" (the repository at --repository) are built once, with random weights
-and no network, into .run/bench-e2e/<model> with `python -m build.cli`.
+and no network, into .run/bench-e2e/<model> with `python -m build.cli`; when the floor is the only
+system measured, only their model.json is written (.run/bench-e2e/<model>.contract: seconds).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from build.names import jpeg_model_name
 from loadtest import bench_report, floor, model_alone, processes
 from loadtest import corpus as corpora
 from loadtest.openloop import RunResult, Target, run, run_sync
@@ -46,6 +51,11 @@ from local_triton.launcher import LocalTriton, TritonLaunchError
 from service.model_info import MetadataError, ModelMetadata
 
 SYSTEMS = ("naive", "alone", "triton", "stack", "floor")
+# How the gateway feeds Triton (recorded per gateway row): uint8 tensors it decoded and resized,
+# or the upload's JPEG bytes for a DALI ensemble (service/jpeg_path.py). The floor measures both,
+# each through a gateway with the setting that selects it.
+TENSORS, JPEG_BYTES = "tensors", "jpeg bytes"
+FLOOR_PATHS = {TENSORS: {"JPEG_TO_TRITON": "false"}, JPEG_BYTES: {"JPEG_TO_TRITON": "true"}}
 BUILT_MODELS = processes.ROOT / ".run" / "bench-e2e"
 
 
@@ -100,23 +110,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def repository_for(model: str, default: Path) -> Path:
+def repository_for(model: str, default: Path, floor_only: bool) -> Path:
+    """The repository of `model`: --repository for "default", else its build (made once), or,
+    when the floor is all that is measured and there is no build, its model.json alone."""
     if model == "default":
         return default
     folder = BUILT_MODELS / model
-    if not (folder / "model.json").is_file():
-        print(f"building {model} (random weights, offline) into {folder} ...", flush=True)
-        command = [
-            sys.executable,
-            "-m",
-            "build.cli",
-            "--model",
-            model,
-            "--random-weights",
-            "--out",
-            str(folder),
-        ]
-        subprocess.run(command, cwd=processes.ROOT, check=True)
+    if (folder / "model.json").is_file():
+        return folder
+    if floor_only:  # null models need names, shapes and preprocessing, not weights
+        contract = BUILT_MODELS / f"{model}.contract"
+        if not (contract / "model.json").is_file():
+            print(f"writing {model}'s model.json (no build) into {contract} ...", flush=True)
+            command = [sys.executable, "-m", "loadtest.floor", "--model", model]
+            subprocess.run([*command, "--out", str(contract)], cwd=processes.ROOT, check=True)
+        return contract
+    print(f"building {model} (random weights, offline) into {folder} ...", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "build.cli",
+        "--model",
+        model,
+        "--random-weights",
+        "--out",
+        str(folder),
+    ]
+    subprocess.run(command, cwd=processes.ROOT, check=True)
     return folder
 
 
@@ -129,11 +149,13 @@ class Bench:
         self.corpus = corpora.default_corpus()
         self.bodies = [Body(p.data, p.content_type) for p in self.corpus.photos]
         self.tensors = corpora.tensors(self.corpus, self.spec)
+        # Those served; a repository of model.json alone (the floor's) serves all of them.
+        built = (repository / "cpu").is_dir()
         self.variants = [
             (t, p)
             for t in args.tasks
             for p in args.precisions
-            if (repository / "cpu" / f"vit_{t}_{p}").is_dir()
+            if not built or (repository / "cpu" / f"vit_{t}_{p}").is_dir()
         ]
         if not self.variants:
             raise ValueError(
@@ -169,9 +191,11 @@ class Bench:
         limit: float | None,
         stats: Callable[[], dict[str, float]] | None = None,
         max_rate: float | None = None,
+        path: str | None = None,
     ) -> None:
         """Warm up, search the capacity, then one run at the fixed rate with CPU per request
-        (and, through Triton, its queue and compute time per request and mean batch)."""
+        (and, through Triton, its queue and compute time per request and mean batch).
+        path: how a gateway fed Triton (TENSORS or JPEG_BYTES; None without a gateway)."""
         a = self.args
         print(f"\n== {system} {task} {precision}: {target.name}", flush=True)
         top = max_rate or a.max_rate
@@ -201,6 +225,7 @@ class Bench:
                 "system": system,
                 "task": task,
                 "precision": precision,
+                "path": path,
                 "target": target.name,
                 "capacity_rps": sweep.capacity,
                 "capacity": sweep.describe(),
@@ -281,42 +306,58 @@ class Bench:
                 )
                 limit = self.limit(task, precision)
                 name = f"vit_{task}_{precision}"
-                self.measure("stack", task, precision, target, cpu, limit, stats(name))
+                self.measure(
+                    "stack", task, precision, target, cpu, limit, stats(name), path=TENSORS
+                )
 
     def floor(self) -> None:
-        """The stack (Triton + gateway, started anew) on the null models of loadtest/floor.py."""
+        """The stack (Triton + gateway, started anew) on the null models of loadtest/floor.py,
+        /classify by both of its paths: a gateway that decodes and resizes (JPEG_TO_TRITON
+        off), and one that sends the JPEG bytes to the null <model>_jpeg (on), interleaved per
+        variant."""
         names = [f"vit_{task}_{precision}" for task, precision in self.variants]
-        with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp, ExitStack() as stack:
             repository = floor.write_repository(self.repository, Path(tmp), names)
             triton = processes.triton(repository, self.log("floor-triton"))
-            try:
-                grpc, http = triton.ports.grpc, triton.ports.http
-                assert triton.process is not None  # started
-                pid = triton.process.pid
-                gateway = processes.gateway(grpc, repository, self.log("floor-gateway"))
-                with processes.running(gateway):
+            stack.callback(triton.stop)
+            grpc, http = triton.ports.grpc, triton.ports.http
+            assert triton.process is not None  # started
+            pid = triton.process.pid
+            gateways = {
+                path: stack.enter_context(
+                    processes.running(
+                        processes.gateway(
+                            grpc, repository, self.log(f"floor-gateway-{path}"), settings
+                        )
+                    )
+                )
+                for path, settings in FLOOR_PATHS.items()
+                if path == TENSORS or "classify" in self.args.tasks
+            }
+            for (task, precision), name in zip(self.variants, names, strict=True):
+                for path, gateway in gateways.items():
+                    if path == JPEG_BYTES and task != "classify":
+                        continue  # /explain decodes in the gateway whatever the setting
+                    model = jpeg_model_name(name) if path == JPEG_BYTES else name
+                    target = HttpTarget(
+                        f"gateway /{task} {precision}, {path}, null model",
+                        gateway.url,
+                        f"/{task}",
+                        self.bodies,
+                        {"precision": precision},
+                    )
                     cpu = {
                         "gateway": gateway.cpu_seconds,
                         "triton": lambda: processes.cpu_seconds(pid),
                     }
-                    for (task, precision), name in zip(self.variants, names, strict=True):
-                        target = HttpTarget(
-                            f"gateway /{task} {precision}, null model",
-                            gateway.url,
-                            f"/{task}",
-                            self.bodies,
-                            {"precision": precision},
-                        )
 
-                        def stats(name: str = name) -> dict[str, float]:
-                            return processes.triton_model_stats(http, name)
+                    def stats(model: str = model) -> dict[str, float]:
+                        return processes.triton_model_stats(http, model)
 
-                        self.measure(
-                            "floor", task, precision, target, cpu, None, stats,
-                            max_rate=self.args.floor_max_rate,
-                        )  # fmt: skip
-            finally:
-                triton.stop()
+                    self.measure(
+                        "floor", task, precision, target, cpu, None, stats,
+                        max_rate=self.args.floor_max_rate, path=path,
+                    )  # fmt: skip
 
     def limit(self, task: str, precision: str) -> float | None:
         alone = self.alone.get(f"{task}/{precision}")
@@ -324,7 +365,7 @@ class Bench:
 
 
 def bench_model(args: argparse.Namespace, model: str) -> dict:
-    repository = repository_for(model, args.repository)
+    repository = repository_for(model, args.repository, set(args.systems) <= {"floor"})
     logs = Path(tempfile.mkdtemp(prefix=f"bench-e2e-{model}-"))
     print(f"\n##### {model}: {repository} (server logs in {logs})", flush=True)
     bench = Bench(args, repository, logs)

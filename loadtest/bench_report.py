@@ -175,6 +175,13 @@ def assemble(
     }
 
 
+def system_label(system: dict) -> str:
+    """The system's name, with its path where the gateway did not decode (the floor's JPEG
+    bytes rows beside its tensor rows)."""
+    path = system.get("path")
+    return system["system"] + (f", {path}" if path not in (None, "tensors") else "")
+
+
 def _fmt_ratio(r: dict | None) -> str:
     if r is None:
         return "-"
@@ -248,7 +255,7 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
         server = cpu.get("gateway", cpu.get("server", "-"))
         of_alone = _fmt_of_alone(s)
         lines.append(
-            f"| {s['system']} | {s['task']} | {s['precision']} | {s['capacity']} "
+            f"| {system_label(s)} | {s['task']} | {s['precision']} | {s['capacity']} "
             f"| {_fmt_ratio(s['vs_naive'])} | {of_alone} | {lat.get('p50', '-')} "
             f"| {lat.get('p99', '-')} | {s['fixed']['errors']}/{s['fixed']['sent']} | {server} "
             f"| {cpu.get('triton', '-')} | {cpu.get('generator', '-')} |"
@@ -268,22 +275,27 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
             "What the cores pay per image when the model itself is free (on a GPU host it runs on "
             "the GPU): the gateway and Triton's CPU per request at the fixed rate, and the cores "
             "1,000 images/s keep busy (= core-ms per image). Capacity: this machine's cores, "
-            "shared with the generator.",
+            "shared with the generator. Paths: `tensors`, the gateway decodes and resizes "
+            "(JPEG_TO_TRITON=false); `jpeg bytes`, it checks the headers and sends the file to "
+            "`<model>_jpeg` (the DALI ensemble's interface; nothing decodes it here).",
             "",
-            "| task | precision | capacity req/s | gateway core-ms/req | Triton core-ms/req "
-            "| cores per 1,000 img/s: gateway | with Triton |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| task | precision | path | capacity req/s | gateway core-ms/req "
+            "| Triton core-ms/req | cores per 1,000 img/s: gateway | with Triton |",
+            "|---|---|---|---|---:|---:|---:|---:|",
         ]
         for s in floors:
             cpu, cores = s["cpu_ms_per_request"], s["cores_per_1000_images_per_s"]
             lines.append(
-                f"| {s['task']} | {s['precision']} | {s['capacity']} | {cpu['gateway']} "
-                f"| {cpu['triton']} | {cores['gateway']} | {cores['with_triton']} |"
+                f"| {s['task']} | {s['precision']} | {s.get('path') or '-'} | {s['capacity']} "
+                f"| {cpu['gateway']} | {cpu['triton']} | {cores['gateway']} "
+                f"| {cores['with_triton']} |"
             )
         lines += [
             "",
             "Triton's part here is its python backend's IPC and batching on the CPU; TensorRT "
-            'models on a GPU host do not pay that IPC, so "with Triton" is an upper bound.',
+            'models on a GPU host do not pay that IPC, so "with Triton" is an upper bound. On '
+            "the `jpeg bytes` path a GPU host adds what DALI's CPU threads spend per image "
+            "(header parsing, and Huffman decoding where nvJPEG's hardware decoder is not used).",
             "",
         ]
     inside = [s for s in result["systems"] if s.get("triton_per_request")]
@@ -299,7 +311,7 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
             t, g = s["triton_per_request"], s.get("gateway_stages_ms") or {}
             stages = ", ".join(f"{k} {v:g}" for k, v in g.items()) or "-"
             lines.append(
-                f"| {s['system']} | {s['task']} | {s['precision']} "
+                f"| {system_label(s)} | {s['task']} | {s['precision']} "
                 f"| {s['fixed']['latency_ms'].get('p50', '-')} | {t['queue_ms']} "
                 f"| {t['compute_ms']} | {t['mean_batch']} | {stages} |"
             )
@@ -369,7 +381,7 @@ def write(result: dict, out: Path, name: str) -> list[Path]:
     series: dict[str, list[tuple[float, float, bool]]] = {}
     for s in result["systems"]:
         runs = [*s["sweep"], s["fixed"]]
-        series[f"{s['system']} {s['task']} {s['precision']}"] = [
+        series[f"{system_label(s)} {s['task']} {s['precision']}"] = [
             (r["rate"], r["latency_ms"]["p99"], r["valid"]) for r in runs if r["latency_ms"]
         ]
     slo = result["method"]["slo_p99_ms"]

@@ -137,10 +137,15 @@ def running(server: Server) -> Iterator[Server]:
         stop(server)
 
 
-def gateway(triton_grpc_port: int, repository: Path, log: IO[str]) -> Server:
+def gateway(
+    triton_grpc_port: int, repository: Path, log: IO[str], settings: dict[str, str] | None = None
+) -> Server:
+    """settings: the gateway's own environment variables (service/config.py), e.g.
+    JPEG_TO_TRITON."""
     port = free_port()
     command = [*gateway_command("127.0.0.1", port, 1), "--log-level", "warning"]
     env = {
+        **(settings or {}),
         "TRITON_URL": f"127.0.0.1:{triton_grpc_port}",
         "MODEL_METADATA": str(repository / "model.json"),
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-gateway-metrics-"),

@@ -6,7 +6,8 @@ the usual path (decode and resize here), which also names any limit an upload br
   * model.json names the ensembles, JPEG_TO_TRITON is on, and Triton serves <model><suffix>;
   * the upload is a JPEG (sniffed from its bytes), YCbCr or greyscale (CMYK and the rest decode
     here), within MAX_IMAGE_PIXELS and MAX_ASPECT_RATIO, the request within MAX_REQUEST_PIXELS:
-    the same header checks as every upload, before anything is sent;
+    the same header checks as every upload, before anything is sent (on the event loop for one
+    upload with a short header, else in the pool: INLINE_HEADER_BYTES);
   * the file ends with the JPEG end-of-image marker: Triton's DALI backend answers every request
     of a batch with the error of one undecodable file, so a truncated upload must not reach it.
 If the ensemble still fails (triton_error or triton_unavailable), the request is decoded here and
@@ -35,17 +36,27 @@ from service.triton import TritonBackend, Variant
 
 DECODED_BY_DALI = ("RGB", "L")  # Pillow's modes for YCbCr and greyscale JPEGs
 END_OF_IMAGE = b"\xff\xd9"
+# A one-upload request whose JPEG header (everything before the scan) fits in this many bytes is
+# checked on the event loop: ~0.1 core-ms a check there against ~0.2 with the hop to a pool thread
+# and back (scripts/bench_jpeg_call.py, docs/benchmarks.md). The bound caps what a hostile header
+# costs the loop: Pillow parses a segment in 2-5 µs, and 1,000 tiny ones took 1.5-5 ms. Longer
+# headers (EXIF thumbnails, ICC profiles) and several uploads are checked in the pool.
+INLINE_HEADER_BYTES = 4096
 
 
-def check(data: bytes, max_pixels: int, max_aspect_ratio: float | None) -> tuple[int, int] | None:
+def check(
+    data: bytes, max_pixels: int, max_aspect_ratio: float | None, header_bytes: int | None = None
+) -> tuple[int, int] | None:
     """(width, height) after EXIF orientation if this upload may go to Triton as bytes, from its
-    header alone; None if it takes the usual path."""
+    header alone; None if it takes the usual path. header_bytes: parse at most the file's first
+    header_bytes (None: no bound); a header longer than that answers None."""
     if not data.endswith(END_OF_IMAGE):
         return None
+    head = data if header_bytes is None else data[:header_bytes]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
+            with Image.open(io.BytesIO(head), formats=("JPEG",)) as img:
                 width, height = img.size
                 if img.mode not in DECODED_BY_DALI or width <= 0 or height <= 0:
                     return None
@@ -78,11 +89,13 @@ class JpegPath:
         self.triton = triton
         self.executor = executor
 
-    def _check_all(self, uploads: list[Upload]) -> list[tuple[int, int]] | None:
+    def _check_all(
+        self, uploads: list[Upload], header_bytes: int | None = None
+    ) -> list[tuple[int, int]] | None:
         s = self.settings
         sizes = []
         for upload in uploads:
-            size = check(upload.data, s.max_image_pixels, s.max_aspect_ratio)
+            size = check(upload.data, s.max_image_pixels, s.max_aspect_ratio, header_bytes)
             if size is None:
                 return None
             sizes.append(size)
@@ -104,7 +117,9 @@ class JpegPath:
             return None
         loop = asyncio.get_running_loop()
         with metrics.stage(endpoint, "header", timings):
-            sizes = await loop.run_in_executor(self.executor, self._check_all, uploads)
+            sizes = self._check_all(uploads, INLINE_HEADER_BYTES) if len(uploads) == 1 else None
+            if sizes is None:  # a longer header, several uploads, or not for Triton after all
+                sizes = await loop.run_in_executor(self.executor, self._check_all, uploads)
         if sizes is None:
             return None
         try:

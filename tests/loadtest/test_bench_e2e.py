@@ -66,15 +66,16 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     assert children() <= before  # the naive server, Triton and the gateway are stopped
 
     result = json.loads((tmp_path / "e2e-default.json").read_text())
-    rows = [(s["system"], s["task"], s["precision"]) for s in result["systems"]]
+    rows = [(s["system"], s["task"], s["precision"], s["path"]) for s in result["systems"]]
     assert rows == [
-        ("naive", "classify", "fp32"),
-        ("triton", "classify", "int8"),
-        ("triton", "explain", "int8"),
-        ("stack", "classify", "int8"),
-        ("stack", "explain", "int8"),
-        ("floor", "classify", "int8"),
-        ("floor", "explain", "int8"),
+        ("naive", "classify", "fp32", None),
+        ("triton", "classify", "int8", None),
+        ("triton", "explain", "int8", None),
+        ("stack", "classify", "int8", "tensors"),
+        ("stack", "explain", "int8", "tensors"),
+        ("floor", "classify", "int8", "tensors"),
+        ("floor", "classify", "int8", "jpeg bytes"),  # a null <model>_jpeg, JPEG_TO_TRITON on
+        ("floor", "explain", "int8", "tensors"),
     ]
     for s in result["systems"]:
         runs = [*s["sweep"], s["fixed"]]
@@ -100,7 +101,11 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
         assert triton_ms >= 0
         assert cores["with_triton"] == pytest.approx(cores["gateway"] + triton_ms, abs=0.01)
         stages = s["gateway_stages_ms"]
-        assert {"decode", "preprocess", "triton", "total"} <= set(stages), s
+        if s["path"] == "jpeg bytes":  # the header check, then the file to Triton: no decode
+            assert {"header", "triton", "total"} <= set(stages), s
+            assert "decode" not in stages and "preprocess" not in stages, s
+        else:
+            assert {"decode", "preprocess", "triton", "total"} <= set(stages), s
         assert 0 < stages["triton"] < stages["total"]
     assert set(result["model_alone"]) == {"classify/int8", "explain/int8"}
     assert result["model_alone"]["classify/int8"]["best_images_per_s"] > 0
@@ -115,8 +120,11 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     assert "> **smoke test**" in md and "| stack | explain | int8 |" in md
     assert "## Inside Triton at 4 req/s" in md
     assert "## Serving floor: the stack in front of a model that costs nothing" in md
-    assert "| classify | int8 |" in md.split("## Serving floor")[1]
-    assert len(result["plots"]["p99_vs_rate"]) == 7
+    floor_md = md.split("## Serving floor")[1]
+    assert "| classify | int8 | tensors |" in floor_md
+    assert "| classify | int8 | jpeg bytes |" in floor_md
+    assert "| floor, jpeg bytes | classify | int8 |" in md  # the side-by-side table too
+    assert len(result["plots"]["p99_vs_rate"]) == 8
     assert (tmp_path / "e2e-default-p99.png").is_file()
     assert (tmp_path / "e2e-default-timeline.png").is_file()
 

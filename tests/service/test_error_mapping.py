@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -23,24 +24,42 @@ from service.main import create_app
 from service.triton import Variant, translate
 from tests.helpers import png_bytes
 
+TRITON_ANSWERS = [
+    ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE", TritonQueueFull, 503),
+    ("Request timeout expired", "StatusCode.UNAVAILABLE", TritonTimeout, 504),
+    ("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED", TritonTimeout, 504),
+    ("failed to connect to all addresses", "StatusCode.UNAVAILABLE", TritonUnavailable, 503),
+    ("Request for unknown model: 'x' is not found", "StatusCode.NOT_FOUND", TritonUnavailable,
+     503),
+    ("inference failed: boom", "StatusCode.INTERNAL", TritonFailed, 502),
+]  # fmt: skip
 
-@pytest.mark.parametrize(
-    ("message", "status", "expected", "http"),
-    [
-        ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE", TritonQueueFull, 503),
-        ("Request timeout expired", "StatusCode.UNAVAILABLE", TritonTimeout, 504),
-        ("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED", TritonTimeout, 504),
-        ("failed to connect to all addresses", "StatusCode.UNAVAILABLE", TritonUnavailable, 503),
-        ("Request for unknown model: 'x' is not found", "StatusCode.NOT_FOUND", TritonUnavailable,
-         503),
-        ("inference failed: boom", "StatusCode.INTERNAL", TritonFailed, 502),
-    ],
-)  # fmt: skip
+
+@pytest.mark.parametrize(("message", "status", "expected", "http"), TRITON_ANSWERS)
 def test_translate(message, status, expected, http):
     error = translate(InferenceServerException(msg=message, status=status), retry_after_s=2)
     assert isinstance(error, expected) and error.status == http
     if http == 503:
         assert error.retry_after_s == 2
+
+
+@pytest.mark.parametrize(("message", "status", "expected", "http"), TRITON_ANSWERS)
+def test_the_stubs_grpc_errors_translate_as_tritonclients(message, status, expected, http):
+    """The JPEG path calls the generated stub, whose errors are grpc.aio.AioRpcError: the same
+    answer as tritonclient's InferenceServerException made from the same gRPC error (its
+    status is str(code), its message the details). A real Triton's in test_triton_overload.py."""
+    code = getattr(grpc.StatusCode, status.removeprefix("StatusCode."))
+    assert str(code) == status
+    raw = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=message)
+    stub = translate(raw, retry_after_s=2)
+    client = translate(InferenceServerException(msg=message, status=status), retry_after_s=2)
+    assert type(stub) is type(client) is expected
+    assert (stub.status, stub.code, stub.message, stub.retry_after_s) == (
+        client.status,
+        client.code,
+        client.message,
+        client.retry_after_s,
+    )
 
 
 class FakeTriton:

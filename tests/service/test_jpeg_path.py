@@ -3,10 +3,18 @@ from real encoded files' headers only; the rest take the usual path, which names
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
 from PIL import Image
 
-from service.jpeg_path import check
+from service.config import Settings
+from service.inputs import Upload
+from service.jpeg_path import INLINE_HEADER_BYTES, JpegPath, check
+from service.model_info import JpegEnsembles
+from service.triton import Variant
 from tests.helpers import encode
 
 LIMIT = 40_000_000
@@ -48,3 +56,70 @@ def test_limits_send_the_upload_the_usual_way_which_names_them(photo):
     assert check(jpeg, 320 * 200 - 1, 50.0) is None  # MAX_IMAGE_PIXELS
     assert check(jpeg, LIMIT, 1.5) is None  # MAX_ASPECT_RATIO (320 / 200 = 1.6)
     assert check(jpeg, LIMIT, None) == (320, 200)
+
+
+def test_a_header_longer_than_the_inline_bound_is_not_read_past_it(photo):
+    jpeg = encode(photo, "JPEG")
+    assert len(jpeg.split(b"\xff\xda")[0]) < INLINE_HEADER_BYTES  # a usual header
+    assert check(jpeg, LIMIT, 50.0, INLINE_HEADER_BYTES) == (320, 200)
+    profiled = encode(photo, "JPEG", icc_profile=b"\0" * 10_000)  # the header runs past it
+    assert check(profiled, LIMIT, 50.0, INLINE_HEADER_BYTES) is None
+    assert check(profiled, LIMIT, 50.0) == (320, 200)  # the pool's check has no bound
+
+
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+class SentTriton:
+    """What JpegPath needs of TritonBackend: the ensemble is ready, and files are recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+
+    def is_ready(self, model: str) -> bool:
+        return model == "vit_classify_fp32_jpeg"
+
+    async def infer_jpeg(self, model, input_name, files, outputs, deadline_s):
+        self.sent.append(files)
+        return {"logits": np.zeros((len(files), 10), np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("case", "pool_jobs"),
+    [("one upload, a usual header", 0), ("one upload, a long header", 1), ("two uploads", 1)],
+)
+def test_headers_are_checked_on_the_event_loop_only_for_one_short_header(
+    photo, repository, case, pool_jobs
+):
+    """One upload with a short header skips the hop to the pool (service/jpeg_path.py
+    INLINE_HEADER_BYTES); a longer header, or several uploads, are checked there; all go as
+    bytes."""
+    usual = encode(photo, "JPEG")
+    uploads = {
+        "one upload, a usual header": [usual],
+        "one upload, a long header": [encode(photo, "JPEG", icc_profile=b"\0" * 10_000)],
+        "two uploads": [usual, usual],
+    }[case]
+    pool, triton = CountingPool(), SentTriton()
+    path = JpegPath(
+        Settings(model_metadata=repository / "model.json"),
+        JpegEnsembles("_jpeg", "jpeg"),
+        triton,
+        pool,
+    )
+    variant = Variant("vit_classify_fp32", "classify", "fp32", 8)
+    try:
+        got = asyncio.run(
+            path.classify(variant, [Upload(None, d) for d in uploads], "classify", {}, 5.0)
+        )
+    finally:
+        pool.shutdown()
+    assert got is not None and got.sizes == [(320, 200)] * len(uploads)
+    assert triton.sent == [uploads] and pool.jobs == pool_jobs
