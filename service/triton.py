@@ -17,7 +17,7 @@ import numpy as np
 from tritonclient.grpc import aio as grpcaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from service import metrics
+from service import metrics, tracing
 from service.errors import (
     InvalidParameter,
     ServiceError,
@@ -248,13 +248,15 @@ class TritonBackend:
     ) -> dict[str, np.ndarray]:
         tensor = grpcaio.InferInput(input_name, [1, len(data)], "UINT8")
         tensor.set_data_from_numpy(np.frombuffer(data, np.uint8).reshape(1, -1))
-        result = await self._client.infer(
-            model,
-            [tensor],
-            outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
-            client_timeout=deadline_s,
-            timeout=int(deadline_s * 1_000_000),
-        )
+        with tracing.client_span(model, 1):
+            result = await self._client.infer(
+                model,
+                [tensor],
+                outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
+                client_timeout=deadline_s,
+                timeout=int(deadline_s * 1_000_000),
+                headers=tracing.grpc_metadata(),  # Triton's spans join the request's trace
+            )
         return {name: result.as_numpy(name) for name in outputs}
 
     async def _infer_one(
@@ -272,13 +274,15 @@ class TritonBackend:
             scalar = grpcaio.InferInput(name, [len(images), 1], np_to_triton_dtype(value.dtype))
             scalar.set_data_from_numpy(np.full((len(images), 1), value, value.dtype))
             inputs.append(scalar)
-        result = await self._client.infer(
-            model,
-            inputs,
-            outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
-            client_timeout=deadline_s,  # gRPC deadline
-            timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): rejected, not late
-        )
+        with tracing.client_span(model, len(images)):
+            result = await self._client.infer(
+                model,
+                inputs,
+                outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
+                client_timeout=deadline_s,  # gRPC deadline
+                timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): refused, not late
+                headers=tracing.grpc_metadata(),  # Triton's spans join the request's trace
+            )
         return {name: result.as_numpy(name) for name in outputs}
 
     async def ready(self, models: list[str], timeout_s: float) -> tuple[bool, str]:
