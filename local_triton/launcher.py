@@ -80,7 +80,8 @@ class OpenTelemetryTrace:
     the same mode (docs: trace.md). rate=0: Triton traces only requests that carry a trace
     context, i.e. those the gateway samples (Triton traces every request with a context, whatever
     its sampled flag; the gateway passes on only sampled ones), and direct clients such as
-    perf_analyzer are not traced. level=OFF turns it off (compose's default)."""
+    perf_analyzer are not traced. level=OFF traces nothing, context or not (checked on 2.51):
+    docker-compose.yml's GPU Triton carries these flags with TRITON_TRACE_LEVEL, OFF by default."""
 
     url: str  # OTLP/HTTP, e.g. http://collector:4318/v1/traces
     level: str = "TIMESTAMPS"
@@ -116,7 +117,7 @@ def opentelemetry_trace(environ: Mapping[str, str]) -> OpenTelemetryTrace | None
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    exporters = environ.get("OTEL_TRACES_EXPORTER", "otlp").lower()
+    exporters = (environ.get("OTEL_TRACES_EXPORTER") or "otlp").lower()  # empty: unset
     if not endpoint or "otlp" not in exporters:
         return None
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -126,6 +127,21 @@ def opentelemetry_trace(environ: Mapping[str, str]) -> OpenTelemetryTrace | None
             f"{OTLP_GRPC_PORT}): set {TRACE_URL_ENV}, e.g. http://collector:4318/v1/traces"
         )
     return OpenTelemetryTrace(f"{parts.scheme}://{parts.hostname}:{OTLP_HTTP_PORT}/v1/traces")
+
+
+def trace_flags(environ: Mapping[str, str]) -> list[str]:
+    """Triton's OpenTelemetry flags as the OTEL_* variables ask, with one line on stderr saying
+    so; a setting the launcher cannot turn into Triton's URL leaves Triton untraced with a
+    warning, never unstarted (tracing is not worth an outage)."""
+    try:
+        traced = opentelemetry_trace(environ)
+    except TritonLaunchError as exc:
+        print(f"warning: Triton not traced: {exc}", file=sys.stderr, flush=True)
+        return []
+    if traced is None:
+        return []
+    print(f"[triton] OpenTelemetry tracing to {traced.url}", file=sys.stderr, flush=True)
+    return traced.flags()
 
 
 def openvino_cache_dir(repository: Path, requested: str) -> Path | None:
@@ -410,18 +426,11 @@ def start_from_args(args: argparse.Namespace, abort: threading.Event) -> LocalTr
     """Start Triton as the command line asks; None when it cannot (after one error line) or was
     told to stop while it loaded (`abort`)."""
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
-    try:
-        traced = opentelemetry_trace(os.environ)
-    except TritonLaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
-    if traced is not None:
-        print(f"[triton] OpenTelemetry tracing to {traced.url}", file=sys.stderr, flush=True)
     triton = LocalTriton(
         args.repository,
         ports,
         host=args.address,
-        extra_args=(*(traced.flags() if traced else ()), *args.triton_args),
+        extra_args=(*trace_flags(os.environ), *args.triton_args),
         openvino_cache=openvino_cache_dir(args.repository, args.openvino_cache),
     )
     try:

@@ -10,7 +10,12 @@ an unsampled one is therefore not passed on).
 Spans, only when an exporter is configured by the standard variables (OTEL_EXPORTER_OTLP_ENDPOINT
 or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp|console; OTEL_SDK_DISABLED=true
 wins; OTLP over gRPC; OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG],
-OTEL_BSP_* and OTEL_EXPORTER_OTLP_* as the SDK reads them). One request's tree:
+OTEL_BSP_* and OTEL_EXPORTER_OTLP_* as the SDK reads them; an empty exporter or endpoint is unset).
+A setting that cannot work (an unknown exporter, OTLP over HTTP, an endpoint that is no address, a
+value the SDK refuses) turns spans off with one `tracing off: ...` error line at start; a collector
+that does not answer costs the spans and the SDK's `Failed to export traces` lines, never a request
+(exports run in a background thread; a worker's exit waits at most SHUTDOWN_FLUSH_S for them).
+`tracing on: ...` at start says where spans go and the sampler. One request's tree:
 
   POST /classify                      server span (opentelemetry-instrumentation-fastapi), with
    |                                  vit.endpoint, vit.model, vit.precision, vit.images, ...
@@ -25,7 +30,7 @@ OTEL_BSP_* and OTEL_EXPORTER_OTLP_* as the SDK reads them). One request's tree:
 
 The hooks elsewhere are one-liners: span() and record() for stages (service/metrics.stage opens
 one per stage), annotate() for the request's attributes, grpc_metadata() and client_span() in
-service/triton.py. Without a tracer they return at once.
+service/triton.py. Without a tracer, or for a request the sampler left out, they return at once.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ import logging
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -61,7 +68,10 @@ TRITON_CALL = "inference.GRPCInferenceService/ModelInfer"  # gRPC semantic conve
 HEADER_TRACE_ID = b"x-trace-id"
 HEADER_TRACEPARENT = b"traceparent"
 
+SHUTDOWN_FLUSH_S = 3.0  # at most this long to send the spans still queued when a worker exits
+
 access_log = logging.getLogger("service.access")
+log = logging.getLogger("service.tracing")
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -77,6 +87,13 @@ class _Request:
     tracer: Tracer | None
     span: Span | None = None  # the server span (tracing on) or the request's context (off)
     incoming: SpanContext | None = None
+
+    def recording(self) -> Tracer | None:
+        """The tracer, when this request's spans are recorded: an unsampled request makes no
+        child spans (every standard sampler would drop them too; they cost tens of µs each)."""
+        if self.tracer is None or self.span is None or not self.span.is_recording():
+            return None
+        return self.tracer
 
     def span_context(self) -> SpanContext:
         if self.span is None:  # on, but no server span (an excluded URL): ids of its own
@@ -124,9 +141,10 @@ def span(
     """A child span of the current one around a stage; a no-op without a tracer. Exceptions are
     recorded on it (the SDK's default)."""
     request = _current.get()
-    if request is None or request.tracer is None:
+    tracer = request.recording() if request is not None else None
+    if tracer is None:
         return nullcontext()
-    return request.tracer.start_as_current_span(name, attributes=attributes)
+    return tracer.start_as_current_span(name, attributes=attributes)
 
 
 def record(
@@ -135,9 +153,10 @@ def record(
     """A child span for work timed elsewhere (the thread pool's decode and preprocess: thread
     jobs do not see the request's context, so their times are recorded after the fact)."""
     request = _current.get()
-    if request is None or request.tracer is None:
+    tracer = request.recording() if request is not None else None
+    if tracer is None:
         return
-    child = request.tracer.start_span(name, start_time=start_ns, attributes=attributes)
+    child = tracer.start_span(name, start_time=start_ns, attributes=attributes)
     child.end(end_time=start_ns + int(duration_s * 1e9))
 
 
@@ -152,9 +171,10 @@ def client_span(model: str, images: int) -> AbstractContextManager[Any]:
     """One gRPC call to Triton (service/triton.py): its model and batch, and the parent of
     Triton's own spans."""
     request = _current.get()
-    if request is None or request.tracer is None:
+    tracer = request.recording() if request is not None else None
+    if tracer is None:
         return nullcontext()
-    return request.tracer.start_as_current_span(
+    return tracer.start_as_current_span(
         TRITON_CALL,
         kind=SpanKind.CLIENT,
         attributes={
@@ -253,16 +273,38 @@ def _server_span_started(span: Span, scope: Scope) -> None:
 # --- set-up -----------------------------------------------------------------------------------
 
 
+def _endpoint(environ: Mapping[str, str]) -> str | None:
+    """The collector the OTLP exporter sends to, as the SDK reads it (an empty value is unset)."""
+    return (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or None
+    )
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """A collector address the gRPC exporter can dial (http[s]://host[:port] or host:port); the
+    SDK would take anything and fail at every export instead."""
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TracingConfigError(
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r} is not a collector address: "
+            "expected http://host:4317 (OTLP/gRPC)"
+        )
+
+
 def exporters_from_env(environ: Mapping[str, str] = os.environ) -> list[SpanExporter]:
-    """The span exporters the OTEL_* variables ask for; none by default (tracing off)."""
+    """The span exporters the OTEL_* variables ask for; none by default (tracing off). Raises
+    TracingConfigError, or the SDK's ValueError, for a setting that cannot work."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     names = environ.get("OTEL_TRACES_EXPORTER", "").strip()
     if not names:  # the gateway's default is off: an endpoint turns OTLP on
-        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
-        )
-        names = "otlp" if endpoint else "none"
+        names = "otlp" if _endpoint(environ) else "none"
     exporters: list[SpanExporter] = []
     for name in (n.strip().lower() for n in names.split(",")):
         if name in ("none", ""):
@@ -280,7 +322,12 @@ def exporters_from_env(environ: Mapping[str, str] = os.environ) -> list[SpanExpo
                 )
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            exporters.append(OTLPSpanExporter())
+            endpoint = _endpoint(environ)
+            if endpoint is not None:
+                _check_endpoint(endpoint)
+            # The endpoint given, not read again by the SDK: an empty TRACES_ENDPOINT (compose's
+            # ${VAR:-}) must not hide OTEL_EXPORTER_OTLP_ENDPOINT. None: localhost:4317.
+            exporters.append(OTLPSpanExporter(endpoint=endpoint))
         elif name == "console":
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -292,6 +339,12 @@ def exporters_from_env(environ: Mapping[str, str] = os.environ) -> list[SpanExpo
     return exporters
 
 
+def _describe(exporter: SpanExporter, environ: Mapping[str, str]) -> str:
+    if type(exporter).__name__ == "OTLPSpanExporter":
+        return f"OTLP/gRPC to {_endpoint(environ) or 'http://localhost:4317 (the default)'}"
+    return type(exporter).__name__
+
+
 def _provider(exporters: list[SpanExporter]) -> TracerProvider:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -300,10 +353,11 @@ def _provider(exporters: list[SpanExporter]) -> TracerProvider:
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
-    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER[_ARG]
+    # Sampler from OTEL_TRACES_SAMPLER[_ARG]; flushed by Tracing.shutdown, within a bound.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in exporters:
         # Exports in a background thread, in batches; a collector that is down costs dropped
-        # spans (bounded queue, OTEL_BSP_MAX_QUEUE_SIZE) and log warnings, never a request.
+        # spans (bounded queue, OTEL_BSP_MAX_QUEUE_SIZE) and log lines, never a request.
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
@@ -321,9 +375,36 @@ class Tracing:
     def force_flush(self, timeout_ms: int = 30_000) -> bool:
         return self.provider.force_flush(timeout_ms) if self.provider else True
 
-    def shutdown(self) -> None:
-        if self.provider is not None:
-            self.provider.shutdown()
+    def shutdown(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> None:
+        """Sends the spans still queued, for at most timeout_s: a collector that does not answer
+        would hold the worker's exit for the exporter's retries (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s
+        by default), past gunicorn's graceful_timeout."""
+        if self.provider is None:
+            return
+        flushing = threading.Thread(target=self.provider.shutdown, daemon=True)
+        flushing.start()
+        flushing.join(timeout_s)
+        if flushing.is_alive():
+            log.warning(
+                "tracing: the spans still queued were not sent within %.0f s of shutdown "
+                "(collector unreachable?); exiting without them",
+                timeout_s,
+            )
+
+
+def _configure_logging() -> None:
+    """This module's lines and the OpenTelemetry SDK's (export failures) on stderr, with time and
+    origin, where nothing else handles them (uvicorn and gunicorn configure only their own
+    loggers; a host that configures logging keeps its own handlers)."""
+    for logger in (log, logging.getLogger("opentelemetry")):
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logger.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
 
 
 def configure_access_log(enabled: bool) -> None:
@@ -339,15 +420,26 @@ def configure_access_log(enabled: bool) -> None:
 
 def install(app: FastAPI, log_access: bool, exporters: list[SpanExporter] | None = None) -> Tracing:
     """Trace context (always) and spans (when exporters, from the OTEL_* variables unless given,
-    are configured) for this app. Raises TracingConfigError for an unusable configuration."""
-    exporters = exporters_from_env() if exporters is None else exporters
+    are configured) for this app. A setting that cannot work turns spans off with one error line:
+    the gateway serves on, with its ids and access log, whatever OTEL_* says."""
     configure_access_log(log_access)
+    _configure_logging()
     tracer = None
     provider = None
-    if exporters:
+    try:
+        if exporters is None:
+            exporters = exporters_from_env()
+        if exporters:
+            provider = _provider(exporters)
+    except Exception as exc:  # TracingConfigError, or the SDK's refusal of an OTEL_* value
+        why = str(exc).rstrip(".")
+        if not isinstance(exc, TracingConfigError):
+            why = f"{type(exc).__name__}: {why}"
+        log.error("tracing off: %s; the gateway serves without spans", why)
+        exporters, provider = [], None
+    if provider is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        provider = _provider(exporters)
         # The stable HTTP attribute names (http.response.status_code, url.path, ...), not the
         # instrumentation's legacy default; read once per process, at its first instrument_app.
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
@@ -362,6 +454,11 @@ def install(app: FastAPI, log_access: bool, exporters: list[SpanExporter] | None
             exclude_spans=["receive", "send"],  # one span per ASGI message: noise; upload has one
         )
         tracer = provider.get_tracer("service")
+        log.info(
+            "tracing on: spans %s, sampler %s",
+            ", ".join(_describe(e, os.environ) for e in exporters or ()),
+            provider.sampler.get_description(),  # what the SDK made of OTEL_TRACES_SAMPLER
+        )
     # Outside everything Starlette builds (its ServerErrorMiddleware answers 500s on its own).
     build: Callable[[], ASGIApp] = app.build_middleware_stack
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import numpy as np
@@ -45,7 +46,11 @@ class Gateway:
 
 
 def start_gateway(
-    triton_grpc_port: int, repository: Path, workers: int = 1, **env_overrides: str
+    triton_grpc_port: int,
+    repository: Path,
+    workers: int = 1,
+    log: IO[str] | None = None,  # the process's stdout and stderr; the test's own by default
+    **env_overrides: str,
 ) -> Gateway:
     port = free_port()
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
@@ -63,7 +68,8 @@ def start_gateway(
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--log-level", "warning", "--timeout-graceful-shutdown", "5",
     ]  # fmt: skip
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    stderr = subprocess.STDOUT if log is not None else None
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

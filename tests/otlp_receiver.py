@@ -140,7 +140,7 @@ class OtlpReceiver:
         receiver = self
 
         class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's name)
+            def Export(self, request: Any, context: Any) -> Any:  # the proto's name
                 receiver._add(_spans(request, "grpc"))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -150,7 +150,7 @@ class OtlpReceiver:
         self._grpc.start()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)

@@ -15,20 +15,33 @@ import http.client
 import logging
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc
+import yaml
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from tritonclient.utils import triton_to_np_dtype
 
 from local_triton.launcher import LocalTriton, OpenTelemetryTrace
 from service.config import Settings
 from service.main import create_app
 from service.tracing import TRITON_CALL
-from tests.helpers import free_ports, png_bytes, serve_app, start_gateway, stop_gateway
+from tests.helpers import (
+    ROOT,
+    free_port,
+    free_ports,
+    png_bytes,
+    serve_app,
+    start_gateway,
+    stop_gateway,
+)
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -272,6 +285,105 @@ def test_the_otel_variables_alone_make_a_gateway_export_over_otlp_grpc(
     (call,) = [s for s in ours if s.name == TRITON_CALL]
     (request,) = [s for s in triton_spans(receiver, trace_id) if s.name == "InferRequest"]
     assert request.parent_span_id == call.span_id
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "ERROR service.tracing: tracing off: OTEL_TRACES_EXPORTER",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "x:4318",
+            },
+            "ERROR service.tracing: tracing off: OTEL_EXPORTER_OTLP_PROTOCOL='http/protobuf'",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "CLOSED"}, "Failed to export traces to 127.0.0.1:"),
+    ],
+)
+def test_a_gateway_with_bad_otel_settings_serves_and_its_log_says_why(
+    traced_triton, repository, digits, tmp_path, setting, said
+):
+    """A gateway process (uvicorn, nothing configures logging) started with a setting that cannot
+    work, or a collector that is not there: every answer as usual, the reason in its output."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {k: closed if v == "CLOSED" else v for k, v in setting.items()}
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log:
+        gateway = start_gateway(
+            traced_triton.ports.grpc,
+            repository,
+            log=log,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_EXPORTER_OTLP_TIMEOUT="1",
+            **env,
+        )
+        try:
+            with gateway.client() as client:
+                for _ in range(2):
+                    r = client.post("/classify", files=files(digits[:1]))
+                    assert r.status_code == 200, r.text
+                    assert TRACEPARENT.match(r.headers["traceparent"])
+            deadline = time.monotonic() + 30
+            while said not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            started = time.monotonic()
+            stop_gateway(gateway)
+    output = log_path.read_text()
+    assert said in output, output
+    # uvicorn exits by the SIGTERM it was stopped with, once its shutdown ran (not killed)
+    assert gateway.process.returncode in (0, -signal.SIGTERM), output
+    assert time.monotonic() - started < 10, output
+    assert "Traceback" not in output, output
+
+
+def compose_triton_trace_flags(environ: dict[str, str]) -> list[str]:
+    """docker-compose.yml's GPU Triton trace flags, ${VAR:-default} resolved as compose does."""
+    command = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]
+    return [
+        re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: environ.get(m[1]) or m[2], arg)
+        for arg in command["command"]
+        if arg.startswith("--trace-config")
+    ]
+
+
+def test_composes_triton_flags_trace_nothing_until_switched_on(repository, receiver, tmp_path):
+    """The flags compose gives the NGC Triton, on this Triton 2.51: accepted, and at their default
+    level (OFF) a request with a sampled context leaves no span; TIMESTAMPS traces it."""
+    root = tmp_path / "repository"
+    shutil.copytree(repository / "cpu" / SERVED[0], root / SERVED[0])
+    traces = {}
+    for level in ("", "TIMESTAMPS"):
+        environ = {"TRITON_TRACE_URL": receiver.http_url, "TRITON_TRACE_LEVEL": level}
+        flags = [
+            *compose_triton_trace_flags(environ),
+            "--trace-config=opentelemetry,bsp_schedule_delay=100",
+        ]
+        assert f"--trace-config=level={level or 'OFF'}" in flags
+        with (
+            (tmp_path / f"triton-{level}.log").open("w") as log,
+            LocalTriton(root, free_ports(), log=log, extra_args=tuple(flags)) as server,
+        ):
+            client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{server.ports.grpc}")
+            (spec,) = client.get_model_metadata(SERVED[0], as_json=True)["inputs"]
+            shape = [1, *(int(d) for d in spec["shape"][1:])]
+            pixels = tritonclient.grpc.InferInput(spec["name"], shape, spec["datatype"])
+            pixels.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(spec["datatype"])))
+            traces[level] = f"{len(traces) + 7:x}bf92f3577b34da6a3ce929d0e0e4736"
+            headers = {"traceparent": f"00-{traces[level]}-{CALLER_SPAN}-01"}
+            client.infer(SERVED[0], [pixels], headers=headers)
+            client.close()
+            if level:  # switched on: Triton's spans arrive, under the caller's span
+                (request,) = [
+                    s for s in triton_spans(receiver, traces[level]) if s.name == "InferRequest"
+                ]
+                assert request.parent_span_id == CALLER_SPAN
+    # The OFF run came first, on the same receiver: its spans would have arrived by now.
+    assert not [s for s in receiver.spans() if s.trace_id == traces[""]]
 
 
 # --- spans off (the default) ------------------------------------------------------------------
