@@ -23,10 +23,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from local_triton.progress import LoadProgress, LogFollower, repository_models, session_cpu_seconds
 
@@ -69,6 +70,78 @@ class GrpcKeepalive:
             "--grpc-keepalive-permit-without-calls=1",
             f"--grpc-http2-min-recv-ping-interval-without-data={self.min_recv_ping_interval_ms}",
         ]
+
+
+@dataclass(frozen=True)
+class OpenTelemetryTrace:
+    """Triton's own OpenTelemetry spans (InferRequest > model > compute), joined to the gateway's
+    trace through the traceparent it passes in the gRPC metadata. Verified on the pytriton
+    wheel's Triton 2.51 (it exports OTLP/HTTP with JSON bodies); NGC's tritonserver images have
+    the same mode (docs: trace.md). rate=0: Triton traces only requests that carry a trace
+    context, i.e. those the gateway samples (Triton traces every request with a context, whatever
+    its sampled flag; the gateway passes on only sampled ones), and direct clients such as
+    perf_analyzer are not traced. level=OFF traces nothing, context or not (checked on 2.51):
+    docker-compose.yml's GPU Triton carries these flags with TRITON_TRACE_LEVEL, OFF by default."""
+
+    url: str  # OTLP/HTTP, e.g. http://collector:4318/v1/traces
+    level: str = "TIMESTAMPS"
+
+    FIXED = (
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=rate=0",
+        "--trace-config=count=-1",
+        "--trace-config=opentelemetry,resource=service.name=triton",
+    )
+
+    def flags(self) -> list[str]:
+        return [
+            *self.FIXED,
+            f"--trace-config=opentelemetry,url={self.url}",
+            f"--trace-config=level={self.level}",
+        ]
+
+
+TRACE_URL_ENV = "TRITON_TRACE_URL"
+OTLP_GRPC_PORT, OTLP_HTTP_PORT = 4317, 4318  # a collector's (Tempo's, Jaeger's) usual ports
+
+
+def opentelemetry_trace(environ: Mapping[str, str]) -> OpenTelemetryTrace | None:
+    """Triton traces when the gateway does: when the same standard variables configure an OTLP
+    exporter (service/tracing.py). Triton speaks only OTLP/HTTP, the gateway OTLP/gRPC:
+    TRITON_TRACE_URL names Triton's endpoint, else it is the gateway's collector on its HTTP port
+    (4317 -> 4318, path /v1/traces)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if url := environ.get(TRACE_URL_ENV):
+        return OpenTelemetryTrace(url)
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    exporters = (environ.get("OTEL_TRACES_EXPORTER") or "otlp").lower()  # empty: unset
+    if not endpoint or "otlp" not in exporters:
+        return None
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if (parts.port or OTLP_GRPC_PORT) != OTLP_GRPC_PORT:
+        raise TritonLaunchError(
+            f"cannot tell Triton's OTLP/HTTP endpoint from {endpoint} (not the usual gRPC port "
+            f"{OTLP_GRPC_PORT}): set {TRACE_URL_ENV}, e.g. http://collector:4318/v1/traces"
+        )
+    return OpenTelemetryTrace(f"{parts.scheme}://{parts.hostname}:{OTLP_HTTP_PORT}/v1/traces")
+
+
+def trace_flags(environ: Mapping[str, str]) -> list[str]:
+    """Triton's OpenTelemetry flags as the OTEL_* variables ask, with one line on stderr saying
+    so; a setting the launcher cannot turn into Triton's URL leaves Triton untraced with a
+    warning, never unstarted (tracing is not worth an outage)."""
+    try:
+        traced = opentelemetry_trace(environ)
+    except TritonLaunchError as exc:
+        print(f"warning: Triton not traced: {exc}", file=sys.stderr, flush=True)
+        return []
+    if traced is None:
+        return []
+    print(f"[triton] OpenTelemetry tracing to {traced.url}", file=sys.stderr, flush=True)
+    return traced.flags()
 
 
 def openvino_cache_dir(repository: Path, requested: str) -> Path | None:
@@ -357,7 +430,7 @@ def start_from_args(args: argparse.Namespace, abort: threading.Event) -> LocalTr
         args.repository,
         ports,
         host=args.address,
-        extra_args=tuple(args.triton_args),
+        extra_args=(*trace_flags(os.environ), *args.triton_args),
         openvino_cache=openvino_cache_dir(args.repository, args.openvino_cache),
     )
     try:

@@ -22,6 +22,7 @@ def gateway_command(host: str, port: int, workers: int) -> list[str]:
         sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--timeout-graceful-shutdown", "10", "--no-server-header",
+        "--no-access-log",  # the gateway writes its own, with the trace id (ACCESS_LOG)
     ]  # fmt: skip
 
 

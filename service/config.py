@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         (255, 255, 255), description="transparent pixels are composited on this RGB colour"
     )
 
+    access_log: bool = Field(
+        True,
+        description="one line per request on stdout: client, request line, status, duration, "
+        "trace id (service/tracing.py)",
+    )
+
     api_key: SecretStr | None = Field(
         None, description="if set, /classify and /explain need it (X-API-Key or Bearer)"
     )

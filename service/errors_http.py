@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service import tracing
 from service.errors import ServiceError
 
 log = logging.getLogger("service")
@@ -17,6 +18,7 @@ log = logging.getLogger("service")
 def _json(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    tracing.annotate({"vit.error.code": code})
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )

@@ -21,7 +21,9 @@ worker_class = "service.gunicorn_conf.GatewayWorker"
 graceful_timeout = 10
 timeout = 30  # a worker whose event loop is stuck this long is killed and replaced
 keepalive = 5
-accesslog = None  # metrics count every request; access logs per request cost more than they tell
+# gunicorn's own access log stays off: the gateway writes one line a request itself, with the
+# trace id (ACCESS_LOG, service/tracing.py), under gunicorn and uvicorn alike.
+accesslog = None
 
 
 class GatewayWorker(UvicornWorker):

@@ -8,6 +8,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
+from service import tracing
 from service.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 
 RAW_MEDIA_TYPES = ("image/", "application/octet-stream")
@@ -22,10 +23,16 @@ class Upload:
 async def read_uploads(request: Request, max_files: int) -> list[Upload]:
     """The whole body, read before the request takes an in-flight slot (service/limits.py bounds
     its size and time while it streams in)."""
-    try:
-        return await _read(request, max_files)
-    except ClientDisconnect as exc:
-        raise ClientDisconnected("the client closed the connection during the upload") from exc
+    with tracing.span("upload") as span:
+        try:
+            uploads = await _read(request, max_files)
+        except ClientDisconnect as exc:
+            raise ClientDisconnected("the client closed the connection during the upload") from exc
+        if span is not None:
+            span.set_attributes(
+                {"vit.images": len(uploads), "vit.upload_bytes": sum(len(u.data) for u in uploads)}
+            )
+        return uploads
 
 
 async def _read(request: Request, max_files: int) -> list[Upload]:

@@ -7,13 +7,13 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
-from service import allocator, errors_http, explain_method
+from service import allocator, errors_http, explain_method, tracing
 from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
@@ -25,6 +25,9 @@ from service.request_metrics import RequestMetrics
 from service.routes import classify, explain, health, page
 from service.routes.explain import EXPOSED_HEADERS
 from service.triton import TritonBackend
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 def _document_run_time_values(app: FastAPI, max_files: int, labels: tuple[str, ...]) -> None:
@@ -48,7 +51,10 @@ def _document_run_time_values(app: FastAPI, max_files: int, labels: tuple[str, .
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, span_exporters: list[SpanExporter] | None = None
+) -> FastAPI:
+    """span_exporters: where spans go instead of what the OTEL_* variables say (tests)."""
     settings = settings or Settings()
     metadata = ModelMetadata.load(settings.model_metadata)  # fail fast on a missing build
     # Our own pixel check runs first; Pillow's bomb guard is aligned with it as a second line.
@@ -79,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await triton.close()
             executor.shutdown(wait=False, cancel_futures=True)
+            app.state.tracing.shutdown()  # the spans still queued go out
 
     app = FastAPI(
         title="ViT on Triton",
@@ -98,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization", "X-API-Key"],
-            expose_headers=[*EXPOSED_HEADERS, "Retry-After"],
+            expose_headers=[*EXPOSED_HEADERS, "Retry-After", "X-Trace-Id", "traceparent"],
         )
     app.add_middleware(RequestMetrics)  # outermost: also counts what BodySizeLimit refuses
     errors_http.install(app)
@@ -112,4 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", page.static_files(), name="static")  # the demo page's files
     _document_run_time_values(app, settings.max_files, metadata.labels)
+    # X-Trace-Id/traceparent on every answer, the access log, spans when OTEL_* configures them
+    app.state.tracing = tracing.install(app, settings.access_log, span_exporters)
     return app

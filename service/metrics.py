@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service import tracing
 from service.errors import TritonFailed, TritonQueueFull, TritonTimeout, TritonUnavailable
 
 # Latency buckets from 1 ms to 30 s: dense around the 10-500 ms where a p99 budget usually sits.
@@ -91,10 +92,12 @@ for _kind in (TritonUnavailable, TritonQueueFull, TritonTimeout, TritonFailed):
 
 @contextmanager
 def stage(endpoint: str, name: str, timings: dict[str, float]) -> Iterator[None]:
-    """Time one stage into the histogram and into the request's own timings (ms)."""
+    """Time one stage into the histogram and into the request's own timings (ms), in a span of
+    the stage's name when tracing is on."""
     start = time.perf_counter()
     try:
-        yield
+        with tracing.span(name):
+            yield
     finally:
         elapsed = time.perf_counter() - start
         STAGE_LATENCY.labels(endpoint, name).observe(elapsed)

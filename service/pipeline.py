@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service import heatmap, images, metrics, preprocess
+from service import heatmap, images, metrics, preprocess, tracing
 from service.config import Settings
 from service.errors import DeadlineExceeded, PayloadTooLarge, ServiceError
 from service.inputs import Upload
@@ -40,6 +40,7 @@ class _One:
     box: preprocess.CropBox
     decode_s: float
     preprocess_s: float
+    started_ns: int  # wall clock (time.time_ns) when its decode began: for its trace spans
 
 
 class _Skipped(Exception):
@@ -110,7 +111,7 @@ class Pipeline:
         try:
             budget.check()
             spec = self.metadata.spec
-            start = time.perf_counter()
+            start, started_ns = time.perf_counter(), time.time_ns()
             use_draft = shortcuts and self.settings.jpeg_draft
             draft = (lambda w, h: preprocess.draft_request(w, h, spec)) if use_draft else None
             img, size = images.decode_sized(
@@ -131,7 +132,10 @@ class Pipeline:
                     box.left * sx, box.top * sy, box.right * sx, box.bottom * sy
                 )
             display = heatmap.display_copy(img, display_side) if display_side else None
-            return _One(size, display, tensor, box, decoded - start, time.perf_counter() - decoded)
+            return _One(
+                size, display, tensor, box, decoded - start, time.perf_counter() - decoded,
+                started_ns,
+            )  # fmt: skip
         except BaseException:
             budget.failed.set()
             raise
@@ -170,9 +174,19 @@ class Pipeline:
                 error.message = f"{_label(index, uploads[index])}: {error.message}"
             raise error
         done: list[_One] = results  # type: ignore[assignment]
-        for one in done:
+        for i, one in enumerate(done):
             metrics.STAGE_LATENCY.labels(endpoint, "decode").observe(one.decode_s)
             metrics.STAGE_LATENCY.labels(endpoint, "preprocess").observe(one.preprocess_s)
+            tracing.record(
+                "decode",
+                one.started_ns,
+                one.decode_s,
+                {"vit.image": i, "vit.width": one.size[0], "vit.height": one.size[1]},
+            )
+            tracing.record(
+                "preprocess", one.started_ns + int(one.decode_s * 1e9), one.preprocess_s,
+                {"vit.image": i},
+            )  # fmt: skip
         timings["decode"] = round(1000 * sum(o.decode_s for o in done), 3)
         timings["preprocess"] = round(1000 * sum(o.preprocess_s for o in done), 3)
         return Prepared(

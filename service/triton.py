@@ -26,7 +26,7 @@ from tritonclient.grpc import aio as grpcaio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
-from service import metrics
+from service import metrics, tracing
 from service.errors import (
     InvalidParameter,
     ServiceError,
@@ -277,7 +277,13 @@ class TritonBackend:
         # Triton's queue timeout (µs), as tritonclient's infer(timeout=...) sends it
         request.parameters["timeout"].int64_param = int(deadline_s * 1_000_000)
         request.raw_input_contents.append(data)
-        response = await self._stub.ModelInfer(request, timeout=deadline_s)
+        metadata = tracing.grpc_metadata()  # Triton's spans join the request's trace
+        with tracing.client_span(model, 1):
+            response = await self._stub.ModelInfer(
+                request,
+                timeout=deadline_s,
+                metadata=tuple(metadata.items()) if metadata else None,
+            )
         found = {
             tensor.name: np.frombuffer(raw, triton_to_np_dtype(tensor.datatype)).reshape(
                 tensor.shape
@@ -301,13 +307,15 @@ class TritonBackend:
             scalar = grpcaio.InferInput(name, [len(images), 1], np_to_triton_dtype(value.dtype))
             scalar.set_data_from_numpy(np.full((len(images), 1), value, value.dtype))
             inputs.append(scalar)
-        result = await self._client.infer(
-            model,
-            inputs,
-            outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
-            client_timeout=deadline_s,  # gRPC deadline
-            timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): rejected, not late
-        )
+        with tracing.client_span(model, len(images)):
+            result = await self._client.infer(
+                model,
+                inputs,
+                outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
+                client_timeout=deadline_s,  # gRPC deadline
+                timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): refused, not late
+                headers=tracing.grpc_metadata(),  # Triton's spans join the request's trace
+            )
         return {name: result.as_numpy(name) for name in outputs}
 
     async def ready(self, models: list[str], timeout_s: float) -> tuple[bool, str]:

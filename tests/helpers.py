@@ -9,8 +9,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import numpy as np
@@ -43,7 +46,11 @@ class Gateway:
 
 
 def start_gateway(
-    triton_grpc_port: int, repository: Path, workers: int = 1, **env_overrides: str
+    triton_grpc_port: int,
+    repository: Path,
+    workers: int = 1,
+    log: IO[str] | None = None,  # the process's stdout and stderr; the test's own by default
+    **env_overrides: str,
 ) -> Gateway:
     port = free_port()
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
@@ -53,14 +60,16 @@ def start_gateway(
         MODEL_METADATA=str(repository / "model.json"),
         PYTHONPATH=str(ROOT),
         PROMETHEUS_MULTIPROC_DIR=metrics_dir,
-        **env_overrides,
+        ACCESS_LOG="false",  # as --log-level warning quiets uvicorn's: no line per request
     )
+    env.update(env_overrides)
     cmd = [
         sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--log-level", "warning", "--timeout-graceful-shutdown", "5",
     ]  # fmt: skip
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    stderr = subprocess.STDOUT if log is not None else None
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -110,3 +119,30 @@ def skip_unless_served(repository: Path, target: str, task: str, precision: str)
     if gate.get("status") == "not-served" and name not in report["repository"]["models"][target]:
         pytest.skip(f"{name} not served by this build: {gate['detail']}")
     raise AssertionError(f"{repository / target / name} missing and no gate left it out")
+
+
+@contextmanager
+def serve_app(app) -> Iterator[str]:
+    """An ASGI app (e.g. service.main.create_app(...) built here, to read its in-process state)
+    served over real HTTP by uvicorn in a thread, lifespan included; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the in-process gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

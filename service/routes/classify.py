@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from service import metrics
+from service import metrics, tracing
 from service.inputs import read_uploads
 from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
 from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse, ImageResult
@@ -38,6 +38,14 @@ async def classify(
         "classify", precision or settings.default_precision, settings.readiness_timeout_s
     )
     uploads = await read_uploads(request, settings.max_files)
+    tracing.annotate(
+        {
+            "vit.endpoint": ENDPOINT,
+            "vit.model": variant.name,
+            "vit.precision": variant.precision,
+            "vit.images": len(uploads),
+        }
+    )
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     started = slot.enter(uploads, display_side=None)
     timings: dict[str, float] = {}
@@ -45,6 +53,7 @@ async def classify(
     sent = services.jpeg and await services.jpeg.classify(
         variant, uploads, ENDPOINT, timings, deadline_s(settings, started)
     )
+    tracing.annotate({"vit.input": "jpeg" if sent else "pixels"})  # JPEG bytes or our decode
     if sent:
         logits, sizes = sent.logits, sent.sizes
     else:

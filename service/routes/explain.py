@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service import discard_ratio as discard
-from service import explain_method, heatmap, metrics
+from service import explain_method, heatmap, metrics, tracing
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from service.encode import IMAGE_FORMATS, negotiate
 from service.errors import InvalidParameter
@@ -127,6 +127,16 @@ async def explain(
     uploads = await read_uploads(request, settings.max_files)
     if answer != "json" and len(uploads) > 1:
         raise InvalidParameter(f"output={answer} takes one image; use output=json for several")
+    tracing.annotate(
+        {
+            "vit.endpoint": ENDPOINT,
+            "vit.model": variant.name,
+            "vit.precision": variant.precision,
+            "vit.images": len(uploads),
+            "vit.method": method,
+            "vit.output": answer,
+        }
+    )
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
     metrics.EXPLAINED_IMAGES.labels(method).inc(len(uploads))
     timings: dict[str, float] = {}

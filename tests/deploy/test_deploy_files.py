@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service import gunicorn_conf
+from service import gunicorn_conf, tracing
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
@@ -108,7 +108,9 @@ def test_gateway_waits_for_a_ready_triton_and_outlives_its_own_shutdown():
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert gateway["environment"]["TRITON_URL"] == "triton:8001"
     assert '"gunicorn", "-c", "service/gunicorn_conf.py"' in (ROOT / "Dockerfile").read_text()
-    assert int(gateway["stop_grace_period"].rstrip("s")) > gunicorn_conf.graceful_timeout
+    # in-flight requests, then at most SHUTDOWN_FLUSH_S for the spans still queued
+    grace = gunicorn_conf.graceful_timeout + tracing.SHUTDOWN_FLUSH_S
+    assert int(gateway["stop_grace_period"].rstrip("s")) > grace
     assert "./model_repository/gpu:/models:ro" in triton["volumes"]
     for service in ("triton", "engines"):
         devices = services[service]["deploy"]["resources"]["reservations"]["devices"]

@@ -15,7 +15,7 @@ import yaml
 
 from build import gpu_product
 from local_triton.launcher import GrpcKeepalive
-from service import gunicorn_conf
+from service import gunicorn_conf, tracing
 from tests.deploy.kube import (
     KUBERNETES,
     LOADERS,
@@ -116,7 +116,8 @@ def test_selectors_ports_and_probes_line_up(overlay):
     service = find(docs, "Service", host)
     assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
     grace = find(docs, "Deployment", "vit-gateway")["spec"]["template"]["spec"]
-    assert grace["terminationGracePeriodSeconds"] > gunicorn_conf.graceful_timeout
+    flush = tracing.SHUTDOWN_FLUSH_S  # the spans still queued, after the in-flight requests
+    assert grace["terminationGracePeriodSeconds"] > gunicorn_conf.graceful_timeout + flush
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

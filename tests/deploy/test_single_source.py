@@ -23,12 +23,18 @@ from build.repository import (
     TASKS,
     model_name,
 )
-from local_triton.launcher import GrpcKeepalive, Ports, add_server_arguments
-from service import gunicorn_conf
+from local_triton.launcher import (
+    GrpcKeepalive,
+    OpenTelemetryTrace,
+    Ports,
+    add_server_arguments,
+    opentelemetry_trace,
+)
+from service import gunicorn_conf, tracing
 from service.config import Settings
 from service.triton import KEEPALIVE_TIME_MS, channel_args
 from tests.deploy.kube import KUBERNETES, container, find, rendered
-from tests.deploy.monitoring_files import all_queries, recorded_names
+from tests.deploy.monitoring_files import all_queries, dashboard, panels, recorded_names
 from tests.helpers import ROOT
 
 DOCKERFILES = {
@@ -306,3 +312,64 @@ def test_shutdown_grace_outlasts_the_servers_own(overlay):
     assert int(triton["stop_grace_period"].rstrip("s")) > exit_timeout
     spec = find(rendered(overlay), "Deployment", "vit-triton")["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] > exit_timeout
+
+
+# --- tracing --------------------------------------------------------------------------------------
+
+OFF_BY_DEFAULT = (
+    "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"  # compose: empty unless the shell or .env sets it
+)
+
+
+def test_tracing_is_off_by_default_and_one_setting_turns_it_on():
+    """compose passes the collector's address to both gateways and the cpu Triton's launcher;
+    Kubernetes gives them the vit-tracing ConfigMap (base/tracing.env), empty: tracing off."""
+    services = compose()
+    for name in ("gateway", "gateway-cpu", "triton-cpu"):
+        assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == OFF_BY_DEFAULT
+    assert tracing.exporters_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}) == []
+    for overlay in ("gpu", "cpu"):
+        docs = rendered(overlay)
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        assert config["metadata"]["name"].startswith("vit-tracing") and not config.get("data")
+        reads = [{"configMapRef": {"name": config["metadata"]["name"]}}]
+        assert container(docs, "vit-gateway", "gateway")["envFrom"] == reads
+        if overlay == "cpu":
+            assert container(docs, "vit-triton", "triton")["envFrom"] == reads
+    # Uncommented, tracing.env's example turns on the gateway's spans and the launcher's Triton.
+    example = dict(
+        line.removeprefix("# ").split("=", 1)
+        for line in (KUBERNETES / "base" / "tracing.env").read_text().splitlines()
+        if re.match(r"# OTEL_\w+=", line)
+    )
+    assert [type(e).__name__ for e in tracing.exporters_from_env(example)] == ["OTLPSpanExporter"]
+    triton = opentelemetry_trace(example)
+    assert triton is not None and triton.url.endswith(":4318/v1/traces")
+
+
+def test_gpu_tritons_carry_the_launchers_trace_flags_off():
+    """The NGC Triton reads no OTEL_* variable: compose's and the gpu overlay's carry the flags the
+    launcher gives the cpu one, at level OFF (nothing traced) until switched on."""
+    command = compose()["triton"]["command"]
+    compose_trace = OpenTelemetryTrace(
+        "${TRITON_TRACE_URL:-http://localhost:4318/v1/traces}", level="${TRITON_TRACE_LEVEL:-OFF}"
+    )
+    assert set(compose_trace.flags()) <= set(command)
+    args = container(rendered("gpu"), "vit-triton", "triton")["args"]
+    assert set(OpenTelemetryTrace.FIXED) <= set(args)
+    assert [a for a in args if a.startswith("--trace-config=level=")] == [
+        "--trace-config=level=OFF"
+    ]
+
+
+def test_trace_links_search_the_gateways_traces():
+    """The dashboard's links to the tracing UI (a textbox variable) name the gateway's service."""
+    dash = dashboard()
+    (variable,) = [v for v in dash["templating"]["list"] if v["name"] == "tracing_ui"]
+    assert variable["type"] == "textbox" and variable["query"].startswith("http")
+    urls = [link["url"] for link in dash["links"]]
+    urls += [link["url"] for panel in panels() for link in panel.get("links", [])]
+    assert len(urls) == 2
+    for url in urls:
+        assert url.startswith("${tracing_ui}/search?"), url
+        assert f"service={tracing.SERVICE_NAME}&" in url, url

@@ -43,11 +43,12 @@ class FakeClient:
             config["max_batch_size"] = self.max_batch_size
         return {"config": config}
 
-    async def infer(self, model, inputs, outputs, client_timeout, timeout):
+    async def infer(self, model, inputs, outputs, client_timeout, timeout, headers=None):
         n = int(inputs[0].shape()[0])
         call = len(self.infer_calls)
         self.infer_calls.append(n)
         self.sent.append(inputs)
+        assert headers is None  # no request trace here: no traceparent for Triton
         if self.fail_first_chunk and call == 0:
             raise InferenceServerException(msg="secret internal text", status="StatusCode.INTERNAL")
         try:
