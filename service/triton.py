@@ -95,6 +95,31 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _wanted(model: str, result: grpcaio.InferResult, outputs: list[str]) -> dict[str, np.ndarray]:
+    """The outputs the caller wants, from an answer that carries every output of the model.
+
+    The gateway asks Triton for all outputs, never a subset: Triton's response cache keys a
+    request by model, version and inputs only, not by the outputs asked for, and a hit answers
+    with the outputs the first request asked for. /explain asks for rollout_mean or rollout_max
+    of the same image (head fusion, a display option of the demo page): with subsets, the second
+    would be answered without its map. All outputs cost a few KiB per image (the maps are the
+    patch grid); an answer that still lacks one (another client filled the cache) is a 502."""
+    found: dict[str, np.ndarray] = {}
+    for name in outputs:
+        array = result.as_numpy(name)
+        if array is None:
+            log.warning(
+                "Triton's answer from %s lacks output %s: another client asked for a subset of "
+                "its outputs with the same inputs, and Triton's response cache answered with it "
+                "(README 'Sharing one GPU': clients must ask for every output)",
+                model,
+                name,
+            )
+            raise TritonFailed("Triton's answer lacks an output; the gateway log has the details")
+        found[name] = array
+    return found
+
+
 class TritonBackend:
     def __init__(self, url: str, prefix: str, retry_after_s: int) -> None:
         self._client = grpcaio.InferenceServerClient(url, channel_args=channel_args())
@@ -251,11 +276,10 @@ class TritonBackend:
         result = await self._client.infer(
             model,
             [tensor],
-            outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
             client_timeout=deadline_s,
             timeout=int(deadline_s * 1_000_000),
-        )
-        return {name: result.as_numpy(name) for name in outputs}
+        )  # every output: see _wanted()
+        return _wanted(model, result, outputs)
 
     async def _infer_one(
         self,
@@ -275,11 +299,10 @@ class TritonBackend:
         result = await self._client.infer(
             model,
             inputs,
-            outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
             client_timeout=deadline_s,  # gRPC deadline
             timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): rejected, not late
-        )
-        return {name: result.as_numpy(name) for name in outputs}
+        )  # every output: see _wanted()
+        return _wanted(model, result, outputs)
 
     async def ready(self, models: list[str], timeout_s: float) -> tuple[bool, str]:
         try:
