@@ -18,12 +18,22 @@ from build.names import PREPROCESS_MODEL, jpeg_model_name
 from build.repository import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
+    EXPLAIN_RESOURCE,
     PRECISIONS,
+    RATE_LIMIT_RESOURCE,
     TARGETS,
     TASKS,
     model_name,
 )
-from local_triton.launcher import GrpcKeepalive, Ports, add_server_arguments
+from local_triton.launcher import (
+    EXECUTION_SLOT,
+    EXPLAIN_SLOT,
+    GrpcKeepalive,
+    Ports,
+    RateLimit,
+    ResponseCache,
+    add_server_arguments,
+)
 from service import gunicorn_conf
 from service.config import Settings
 from service.triton import KEEPALIVE_TIME_MS, channel_args
@@ -292,3 +302,27 @@ def test_shutdown_grace_outlasts_the_servers_own(overlay):
     assert int(triton["stop_grace_period"].rstrip("s")) > exit_timeout
     spec = find(rendered(overlay), "Deployment", "vit-triton")["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] > exit_timeout
+
+
+# --- sharing one GPU: rate limiter and response cache ------------------------------------------
+
+
+def test_rate_limit_and_response_cache_flags_agree_with_the_launcher_and_the_configs():
+    """The launcher owns both (RateLimit reads the resources from the model configs; make serve
+    and the cpu image run it); compose and the gpu overlay give the NGC Triton the same flags,
+    for the reviewed gpu configs: two execution slots per GPU, one of them for /explain and
+    attribution, the same cache size."""
+    assert (EXECUTION_SLOT, EXPLAIN_SLOT) == (RATE_LIMIT_RESOURCE, EXPLAIN_RESOURCE)
+    gpu = RateLimit.for_repository(ROOT / "model_repository" / "gpu")
+    assert gpu is not None and gpu.resources == ((EXECUTION_SLOT, 2), (EXPLAIN_SLOT, 1))
+    flags = {*gpu.flags(), *ResponseCache().flags()}  # no --cache-directory: the image's default
+    assert flags <= set(compose()["triton"]["command"])
+    assert flags <= set(container(rendered("gpu"), "vit-triton", "triton")["args"])
+    # the reviewed cpu configs (2 instances per model): as many slots as one model's instances
+    cpu = RateLimit.for_repository(ROOT / "model_repository" / "cpu")
+    assert cpu is not None and cpu.resources == ((EXECUTION_SLOT, 2), (EXPLAIN_SLOT, 1))
+    args = argparse.ArgumentParser()
+    add_server_arguments(args)
+    defaults = args.parse_args([])
+    assert defaults.response_cache_size == ResponseCache().size_bytes
+    assert defaults.rate_limit == "auto"
