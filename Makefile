@@ -12,7 +12,7 @@ PORT ?= 8080
 ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install repo serve triton test test-slow lint bench bench-faithfulness loadtest bench-e2e \
+.PHONY: help install repo serve triton test test-slow lint bench bench-faithfulness loadtest bench-e2e bench-sharing \
 	engines clean-repo check-deploy modelopt-env test-gpu
 
 help:
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-faithfulness deletion test: attribution vs rollout vs random maps (docs/benchmarks/)"
 	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-p99 50')"
 	@echo "make bench-e2e capacity at a p99 SLO: naive server vs model alone vs Triton vs this stack"
+	@echo "make bench-sharing /classify p99 alone and under an /explain burst, Triton's rate limiter off / priority / on"
 	@echo "make engines build and verify TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
 	@echo "make test-gpu the gpu-marked tests in the TensorRT container (GPU host)"
 	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
@@ -89,6 +90,10 @@ loadtest: $(STAMP)
 # Starts and stops its own servers on free ports; builds ViT-S/16 (random weights) once if absent.
 bench-e2e: $(STAMP) $(BUILT)
 	$(BIN)/python -m loadtest.bench_e2e $(ARGS)
+
+# Starts and stops its own Triton (the fp32 classify and explain models) and gateway per arm.
+bench-sharing: $(STAMP) $(BUILT)
+	$(BIN)/python -m loadtest.sharing --repository $(REPO) $(ARGS)
 
 # GPU host: build and verify the TensorRT engines in the TensorRT container (no host venv).
 engines:

@@ -88,7 +88,12 @@ def preprocess_config(contract: ModelContract, backend: str = "dali") -> str:
 def ensemble_config(contract: ModelContract, task: str, precision: str, target: str = "gpu") -> str:
     """<model>_jpeg: the DALI model's image feeds the model; its other inputs pass through.
     target: whose model is the second step (Triton refuses an ensemble whose max_batch_size
-    exceeds a step's; "cpu" is for the local test)."""
+    exceeds a step's; "cpu" is for the local test).
+    Triton's response cache works at the ensemble, keyed by the JPEG bytes (a hit runs neither
+    step): the model's own cache cannot hash the image DALI leaves in GPU memory (Triton hashes
+    CPU inputs only), so the gpu classify models behind these ensembles have theirs off
+    (repository.response_cache). Triton exports no nv_cache_* metrics for ensembles: their hits
+    show in the statistics API (cache_hit) only."""
     model = model_name(task, precision)
     model_inputs, outputs = tensor_blocks(contract, task)
     inputs = [
@@ -126,6 +131,7 @@ def ensemble_config(contract: ModelContract, task: str, precision: str, target: 
         "    }\n"
         "  ]\n"
         "}\n"
+        "response_cache { enable: true }\n"
     )
 
 

@@ -85,6 +85,43 @@ def max_batch_size(target: str, task: str) -> int:
     return TARGET_SETTINGS[target].max_batch_size
 
 
+# Sharing one machine (issue 17): Triton's rate limiter (local_triton.launcher.RateLimit) runs a
+# model instance only when the resources its config names are free. Every instance takes one
+# execution_slot; /explain's and attribution's instances also take one explain_slot. The launcher
+# (and deploy/, for the gpu) makes S = max(2, instances of one model) execution slots and S - 1
+# explain slots: the heavy models together never hold the last slot, so a /classify never waits
+# for an explain execution to end (executions are not preempted: a slot is held for a whole
+# batch). On the cpu that is one single-threaded execution per core and never more (S = cores),
+# at the price of /explain's capacity while /classify is idle (S - 1 cores of S); on a GPU (one
+# instance per model) one /classify beside one heavy execution. Among instances that wait for a
+# slot, Triton picks the lowest (executions so far x priority): a cumulative, weighted share, so
+# the weight must outgrow the history (classify usually has run far more often); at 1 : 1000 a
+# waiting /classify goes first unless explain has run fewer than 1/1000 as often. Priorities
+# alone, without the explain slots, made /classify's p99 worse on the cpu: docs/benchmarks/
+# sharing-*.md measures Triton's default (--rate-limit=off), priorities alone and both.
+RATE_LIMIT_RESOURCE = "execution_slot"
+EXPLAIN_RESOURCE = "explain_slot"
+RATE_LIMIT_PRIORITY = {"classify": 1, "explain": 1000, ATTRIBUTION_TASK: 1000}
+
+
+def rate_limit_resources(task: str) -> list[str]:
+    """The rate-limiter resources one instance of the task's model takes (one of each)."""
+    return [RATE_LIMIT_RESOURCE] + ([] if task == "classify" else [EXPLAIN_RESOURCE])
+
+
+def response_cache(target: str, task: str) -> bool:
+    """Whether a model uses Triton's response cache: a request equal to an earlier one (same
+    model, version, input bytes) is answered from memory. The demo page re-runs /explain on the
+    same image for every display option (colormap, alpha, top-k, head fusion: the model's inputs
+    are the same), attribution on the same class, and API clients retry. Every model caches but
+    the gpu classify models: /classify reaches them through the JPEG ensembles of a
+    --preprocess dali build (one config serves both builds), where the image arrives from DALI
+    in GPU memory, which Triton cannot hash (it logs an error per request); the <model>_jpeg
+    ensembles cache instead, keyed by the JPEG bytes (build/jpeg_ensemble.py). On the tensor
+    path a GPU classify costs little more than the lookup's hash of the image."""
+    return not (target == JPEG_TARGET and task == "classify")
+
+
 # OpenVINO INFERENCE_PRECISION_HINT per variant: fp32 is served at f32 (what it promises); the fp16
 # and int8 graphs let OpenVINO pick its fastest float type for their non-quantized parts.
 CPU_PRECISION_HINT = {"fp32": "f32", "fp16": "", "int8": ""}
@@ -165,11 +202,21 @@ def config_text(
         f"input [\n{inputs}\n]",
         f"output [\n{outputs}\n]",
     ]
-    count = instances or default_cpu_instances()
     if target == "cpu":
-        lines.append(f"instance_group [ {{ kind: KIND_CPU count: {count} }} ]")
+        kind, count = "KIND_CPU", instances or default_cpu_instances()
     else:
-        lines.append("instance_group [ { kind: KIND_GPU count: 1 } ]")
+        kind, count = "KIND_GPU", 1
+    resources = ", ".join(f'{{ name: "{r}" count: 1 }}' for r in rate_limit_resources(task))
+    lines.append(
+        "instance_group [ {\n"
+        f"  kind: {kind}\n"
+        f"  count: {count}\n"
+        "  rate_limiter {\n"
+        f"    resources [ {resources} ]\n"
+        f"    priority: {RATE_LIMIT_PRIORITY[task]}\n"
+        "  }\n"
+        "} ]"
+    )
     lines.append(
         "dynamic_batching {\n"
         f"  max_queue_delay_microseconds: {s.max_queue_delay_us}\n"
@@ -181,6 +228,8 @@ def config_text(
         "  }\n"
         "}"
     )
+    if response_cache(target, task):
+        lines.append("response_cache { enable: true }")
     if target == "cpu":
         params = {
             "runtime": ATTRIBUTION_CPU_RUNTIME if task == ATTRIBUTION_TASK else "openvino",

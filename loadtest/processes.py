@@ -172,9 +172,12 @@ def naive(repository: Path, log: IO[str]) -> Server:
 
 
 def triton(repository: Path, log: IO[str]) -> LocalTriton:
-    """Started (ready) local Triton on the repository's cpu models; stop() it when done."""
+    """Started (ready) local Triton on the repository's cpu models; stop() it when done. Its
+    response cache is off: a load test's corpus repeats its images, and hits would measure the
+    cache, not the model (loadtest.sharing measures what the rate limiter does)."""
     ports = Ports(free_port(), free_port(), free_port())
-    triton = LocalTriton(repository / "cpu", ports, log=log).start(ready_timeout_s=600)
+    triton = LocalTriton(repository / "cpu", ports, log=log, response_cache=None)
+    triton.start(ready_timeout_s=600)
     assert triton.process is not None  # started
     lower_priority(triton.process.pid)  # its python-backend stubs included
     return triton

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
+from local_triton import pbtxt
 from local_triton.progress import LoadProgress, LogFollower, repository_models, session_cpu_seconds
 
 # Read by the python models (build/triton_python_model.py; build/runtimes.OPENVINO_CACHE_ENV):
@@ -144,6 +145,87 @@ def trace_flags(environ: Mapping[str, str]) -> list[str]:
     return traced.flags()
 
 
+@dataclass(frozen=True)
+class ResponseCache:
+    """Triton's response cache, the `local` implementation (the wheel ships it under caches/, the
+    NGC image under /opt/tritonserver/caches): a request whose model, version and input bytes
+    equal an earlier one's is answered from memory without running the model. Only models whose
+    config says `response_cache { enable: true }` use it (build/repository.response_cache). LRU
+    eviction within size_bytes, allocated at start. The same size is in docker-compose.yml and
+    deploy/ (checked by a test); README "Sharing one GPU" says how to size it from
+    nv_cache_num_evictions and the hit ratio."""
+
+    size_bytes: int = 128 * 2**20  # ~20,000 answers of a 1000-class ViT-B/16 explain model
+
+    def flags(self, cache_directory: Path | None = None) -> list[str]:
+        flags = [f"--cache-config=local,size={self.size_bytes}"]
+        if cache_directory is not None:  # Triton's default is the NGC image's folder
+            flags.append(f"--cache-directory={cache_directory}")
+        return flags
+
+
+# The resources the model configs name (build/repository.py, checked equal by a test): every
+# instance takes an execution slot; /explain's and attribution's also take an explain slot.
+EXECUTION_SLOT, EXPLAIN_SLOT = "execution_slot", "explain_slot"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Triton's rate limiter (--rate-limit=execution_count): a model instance runs only when the
+    resources its config names are free, and among instances that wait for them the one with the
+    lowest (executions so far x priority) goes first, so /classify's instances (priority 1) are
+    chosen before /explain's and attribution's (build/repository.RATE_LIMIT_PRIORITY).
+
+    resources: (name, copies per device). Triton's own default for a resource is the largest
+    count one instance asks for (1: one execution at a time on the whole machine). From a
+    repository (for_repository): S = max(2, the largest instance count of a model) execution
+    slots and S - 1 explain slots, so the heavy models together never hold the last slot and a
+    /classify never waits for a whole explain batch to end (Triton does not preempt). On the cpu
+    (an instance per core) the cores are never oversubscribed; on a GPU (one instance per model)
+    one /classify runs beside one explain or attribution execution. Any other resource: the
+    largest instance count of a model that names it."""
+
+    resources: tuple[tuple[str, int], ...]
+
+    def flags(self) -> list[str]:
+        return [
+            "--rate-limit=execution_count",
+            *(f"--rate-limit-resource={name}:{count}" for name, count in self.resources),
+        ]
+
+    @classmethod
+    def for_repository(cls, repository: Path) -> RateLimit | None:
+        """From the configs of a repository; None when no model names a resource."""
+        copies: dict[str, int] = {}
+        for path in sorted(repository.glob("*/config.pbtxt")):
+            try:
+                config = pbtxt.parse(path.read_text())
+            except (pbtxt.PbtxtError, ValueError, KeyError) as exc:
+                raise TritonLaunchError(f"{path} is not a model config: {exc}") from exc
+            for group in _messages(config, "instance_group"):
+                count = int(str(group.get("count", ["1"])[0]))
+                for limiter in _messages(group, "rate_limiter"):
+                    for resource in _messages(limiter, "resources"):
+                        name = str(resource["name"][0])
+                        copies[name] = max(copies.get(name, 0), count)
+        if not copies:
+            return None
+        slots = max([2, *copies.values()])
+        pools = {EXECUTION_SLOT: slots, EXPLAIN_SLOT: slots - 1}
+        return cls(tuple(sorted((n, pools.get(n, c)) for n, c in copies.items())))
+
+    def uncapped(self) -> RateLimit:
+        """The same execution slots with no explain slots held back (every resource as many
+        copies as the largest pool): priorities alone decide, the design that made /classify's
+        p99 worse (loadtest.sharing measures it as the arm 'priority')."""
+        most = max(count for _, count in self.resources)
+        return RateLimit(tuple((name, most) for name, _ in self.resources))
+
+
+def _messages(message: pbtxt.Message, field: str) -> list[pbtxt.Message]:
+    return [value for value in message.get(field, []) if isinstance(value, dict)]
+
+
 def openvino_cache_dir(repository: Path, requested: str) -> Path | None:
     """The OpenVINO cache folder for the python models: `requested` ("auto": openvino-cache/
     beside the served repository, e.g. model_repository/openvino-cache; "none": off). A restart
@@ -221,8 +303,12 @@ class LocalTriton:
         keepalive: GrpcKeepalive | None = GrpcKeepalive(),  # None: Triton's defaults
         extra_args: tuple[str, ...] = (),
         openvino_cache: Path | None = None,  # see openvino_cache_dir()
+        response_cache: ResponseCache | None = ResponseCache(),  # None: off
+        rate_limit: bool = True,  # RateLimit.for_repository; False: Triton's default (off)
     ) -> None:
         self.openvino_cache = openvino_cache
+        self.response_cache = response_cache
+        self.rate_limit = rate_limit
         self.host = host
         self.keepalive = keepalive
         self.extra_args = extra_args
@@ -250,8 +336,14 @@ class LocalTriton:
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *(self.keepalive.flags() if self.keepalive else []),
+            *(self.response_cache.flags(root / "caches") if self.response_cache else []),
+            *self._rate_limit_flags(),
             *self.extra_args,
         ]
+
+    def _rate_limit_flags(self) -> list[str]:
+        limit = RateLimit.for_repository(self.repository) if self.rate_limit else None
+        return limit.flags() if limit else []
 
     def start(
         self,
@@ -398,6 +490,23 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "openvino-cache/ beside the repository folder; 'none': off)",
     )
     parser.add_argument(
+        "--response-cache-size",
+        type=int,
+        default=ResponseCache().size_bytes,
+        metavar="BYTES",
+        help="Triton's response cache for the models whose config enables it (default "
+        f"{ResponseCache().size_bytes}; 0: off)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        choices=["auto", "off"],
+        default="auto",
+        help="Triton's rate limiter with the resources the model configs name (default 'auto': "
+        "as many execution slots as one model has instances, at least 2, one fewer for explain "
+        "and attribution, /classify first; 'off': Triton's default, every instance runs as soon "
+        "as it has work)",
+    )
+    parser.add_argument(
         "triton_args",
         nargs="*",
         metavar="-- TRITON_FLAG",
@@ -432,6 +541,10 @@ def start_from_args(args: argparse.Namespace, abort: threading.Event) -> LocalTr
         host=args.address,
         extra_args=(*trace_flags(os.environ), *args.triton_args),
         openvino_cache=openvino_cache_dir(args.repository, args.openvino_cache),
+        response_cache=ResponseCache(args.response_cache_size)
+        if args.response_cache_size
+        else None,
+        rate_limit=args.rate_limit == "auto",
     )
     try:
         return triton.start(

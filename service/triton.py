@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -106,6 +107,33 @@ def _first_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _wanted(
+    model: str, output: Callable[[str], np.ndarray | None], outputs: list[str]
+) -> dict[str, np.ndarray]:
+    """The outputs the caller wants, from an answer that carries every output of the model.
+
+    The gateway asks Triton for all outputs, never a subset: Triton's response cache keys a
+    request by model, version and inputs only, not by the outputs asked for, and a hit answers
+    with the outputs the first request asked for. /explain asks for rollout_mean or rollout_max
+    of the same image (head fusion, a display option of the demo page): with subsets, the second
+    would be answered without its map. All outputs cost a few KiB per image (the maps are the
+    patch grid); an answer that still lacks one (another client filled the cache) is a 502."""
+    found: dict[str, np.ndarray] = {}
+    for name in outputs:
+        array = output(name)
+        if array is None:
+            log.warning(
+                "Triton's answer from %s lacks output %s: another client asked for a subset of "
+                "its outputs with the same inputs, and Triton's response cache answered with it "
+                "(README 'Sharing one GPU': clients must ask for every output)",
+                model,
+                name,
+            )
+            raise TritonFailed("Triton's answer lacks an output; the gateway log has the details")
+        found[name] = array
+    return found
 
 
 class TritonBackend:
@@ -272,8 +300,7 @@ class TritonBackend:
     ) -> dict[str, np.ndarray]:
         request = service_pb2.ModelInferRequest(model_name=model)
         request.inputs.add(name=input_name, datatype="UINT8", shape=(1, len(data)))
-        for name in outputs:
-            request.outputs.add(name=name)
+        # no request.outputs: every output, as _wanted() explains
         # Triton's queue timeout (µs), as tritonclient's infer(timeout=...) sends it
         request.parameters["timeout"].int64_param = int(deadline_s * 1_000_000)
         request.raw_input_contents.append(data)
@@ -290,7 +317,7 @@ class TritonBackend:
             )
             for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True)
         }
-        return {name: found[name] for name in outputs}
+        return _wanted(model, found.get, outputs)
 
     async def _infer_one(
         self,
@@ -311,12 +338,11 @@ class TritonBackend:
             result = await self._client.infer(
                 model,
                 inputs,
-                outputs=[grpcaio.InferRequestedOutput(name) for name in outputs],
                 client_timeout=deadline_s,  # gRPC deadline
-                timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): refused, not late
+                timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): rejected
                 headers=tracing.grpc_metadata(),  # Triton's spans join the request's trace
-            )
-        return {name: result.as_numpy(name) for name in outputs}
+            )  # every output: see _wanted()
+        return _wanted(model, result.as_numpy, outputs)
 
     async def ready(self, models: list[str], timeout_s: float) -> tuple[bool, str]:
         try:

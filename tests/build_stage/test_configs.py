@@ -17,7 +17,10 @@ from build.names import JPEG_INPUT, PREPROCESS_MODEL, jpeg_model_name
 from build.repository import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
+    EXPLAIN_RESOURCE,
     PRECISIONS,
+    RATE_LIMIT_PRIORITY,
+    RATE_LIMIT_RESOURCE,
     TARGET_SETTINGS,
     TARGETS,
     TASKS,
@@ -78,6 +81,35 @@ def test_config_parses_and_matches_onnx(repository, contract, target, task, prec
     assert policy.max_queue_size == settings.max_queue_size > 0
     assert policy.default_timeout_microseconds == settings.queue_timeout_us
     assert policy.allow_timeout_override
+
+
+@pytest.mark.parametrize(("target", "task", "precision"), MODELS)
+def test_every_model_shares_the_execution_slots_and_caches_where_it_can(
+    repository, target, task, precision
+):
+    """Sharing one machine (README "Sharing one GPU"): every instance takes one execution slot
+    from the rate limiter, /explain's and attribution's also an explain slot (the launcher and
+    deploy/ size the pools: one explain slot fewer, so /classify always has a slot), /classify
+    with the lowest weight, so a waiting /classify runs first; every model answers repeats from
+    Triton's response cache but the gpu classify models, whose image arrives from DALI in GPU
+    memory on a --preprocess dali build (Triton hashes CPU inputs only): their JPEG ensembles
+    cache instead."""
+    skip_unless_served(repository, target, task, precision)
+    config = parse(repository / target / model_name(task, precision) / "config.pbtxt")
+    (group,) = config.instance_group
+    resources = [(r.name, r.count, getattr(r, "global")) for r in group.rate_limiter.resources]
+    heavy = [] if task == "classify" else [(EXPLAIN_RESOURCE, 1, False)]
+    assert resources == [(RATE_LIMIT_RESOURCE, 1, False), *heavy]
+    assert group.rate_limiter.priority == RATE_LIMIT_PRIORITY[task] >= 1  # 0 would mean unset
+    assert config.response_cache.enable == (not (target == "gpu" and task == "classify"))
+
+
+def test_classify_weighs_least_by_a_margin_its_history_cannot_close():
+    """Triton runs the waiting instance with the lowest executions x priority: /classify, which
+    runs far more often, must still come first while explain has run at least 1/1000 as often."""
+    others = {task: p for task, p in RATE_LIMIT_PRIORITY.items() if task != "classify"}
+    assert set(RATE_LIMIT_PRIORITY) == {*TASKS, ATTRIBUTION_TASK}
+    assert min(others.values()) >= 1000 * RATE_LIMIT_PRIORITY["classify"]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -312,6 +344,20 @@ def test_each_ensemble_feeds_the_dali_image_to_its_model_and_passes_the_rest(
     assert outputs == {
         second.output_map[t.name]: (t.data_type, list(t.dims)) for t in target.output
     }
+
+
+@pytest.mark.parametrize(("task", "precision"), SERVED)
+def test_the_ensembles_cache_by_the_jpeg_bytes_and_the_dali_model_takes_no_slot(
+    dali_build, task, precision
+):
+    """A hit at the ensemble runs neither step; the DALI model names no rate-limiter resource,
+    so the rate limiter never holds a decode back (Triton runs such an instance at once)."""
+    out, _ = dali_build
+    ensemble = parse(out / "gpu" / jpeg_model_name(model_name(task, precision)) / "config.pbtxt")
+    assert ensemble.response_cache.enable
+    dali = parse(out / "gpu" / PREPROCESS_MODEL / "config.pbtxt")
+    assert not any(g.HasField("rate_limiter") for g in dali.instance_group)
+    assert not dali.response_cache.enable
 
 
 def test_model_json_tells_the_gateway_which_models_take_jpeg_bytes(dali_build):

@@ -18,15 +18,21 @@ from build.names import PREPROCESS_MODEL, jpeg_model_name
 from build.repository import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
+    EXPLAIN_RESOURCE,
     PRECISIONS,
+    RATE_LIMIT_RESOURCE,
     TARGETS,
     TASKS,
     model_name,
 )
 from local_triton.launcher import (
+    EXECUTION_SLOT,
+    EXPLAIN_SLOT,
     GrpcKeepalive,
     OpenTelemetryTrace,
     Ports,
+    RateLimit,
+    ResponseCache,
     add_server_arguments,
     opentelemetry_trace,
 )
@@ -373,3 +379,27 @@ def test_trace_links_search_the_gateways_traces():
     for url in urls:
         assert url.startswith("${tracing_ui}/search?"), url
         assert f"service={tracing.SERVICE_NAME}&" in url, url
+
+
+# --- sharing one GPU: rate limiter and response cache ------------------------------------------
+
+
+def test_rate_limit_and_response_cache_flags_agree_with_the_launcher_and_the_configs():
+    """The launcher owns both (RateLimit reads the resources from the model configs; make serve
+    and the cpu image run it); compose and the gpu overlay give the NGC Triton the same flags,
+    for the reviewed gpu configs: two execution slots per GPU, one of them for /explain and
+    attribution, the same cache size."""
+    assert (EXECUTION_SLOT, EXPLAIN_SLOT) == (RATE_LIMIT_RESOURCE, EXPLAIN_RESOURCE)
+    gpu = RateLimit.for_repository(ROOT / "model_repository" / "gpu")
+    assert gpu is not None and gpu.resources == ((EXECUTION_SLOT, 2), (EXPLAIN_SLOT, 1))
+    flags = {*gpu.flags(), *ResponseCache().flags()}  # no --cache-directory: the image's default
+    assert flags <= set(compose()["triton"]["command"])
+    assert flags <= set(container(rendered("gpu"), "vit-triton", "triton")["args"])
+    # the reviewed cpu configs (2 instances per model): as many slots as one model's instances
+    cpu = RateLimit.for_repository(ROOT / "model_repository" / "cpu")
+    assert cpu is not None and cpu.resources == ((EXECUTION_SLOT, 2), (EXPLAIN_SLOT, 1))
+    args = argparse.ArgumentParser()
+    add_server_arguments(args)
+    defaults = args.parse_args([])
+    assert defaults.response_cache_size == ResponseCache().size_bytes
+    assert defaults.rate_limit == "auto"

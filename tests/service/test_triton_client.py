@@ -29,6 +29,8 @@ class FakeClient:
         self.cancelled: list[int] = []
         self.models = ["vit_classify_fp32"]
         self.sent: list[list] = []  # the inputs of each infer call
+        self.asked_outputs: list[object] = []  # the outputs= of each infer call
+        self.answered = {"logits"}  # the outputs each answer carries
 
     async def get_model_repository_index(self, as_json, client_timeout):
         self.index_calls += 1
@@ -43,12 +45,13 @@ class FakeClient:
             config["max_batch_size"] = self.max_batch_size
         return {"config": config}
 
-    async def infer(self, model, inputs, outputs, client_timeout, timeout, headers=None):
+    async def infer(self, model, inputs, client_timeout, timeout, outputs=None, headers=None):
         n = int(inputs[0].shape()[0])
         call = len(self.infer_calls)
         self.infer_calls.append(n)
         self.sent.append(inputs)
         assert headers is None  # no request trace here: no traceparent for Triton
+        self.asked_outputs.append(outputs)
         if self.fail_first_chunk and call == 0:
             raise InferenceServerException(msg="secret internal text", status="StatusCode.INTERNAL")
         try:
@@ -56,18 +59,19 @@ class FakeClient:
         except asyncio.CancelledError:
             self.cancelled.append(call)
             raise
-        return FakeResult(n, call)
+        return FakeResult(n, call, self.answered)
 
     async def close(self):
         pass
 
 
 class FakeResult:
-    def __init__(self, n: int, call: int) -> None:
+    def __init__(self, n: int, call: int, answered: set[str]) -> None:
         self.logits = np.full((n, 10), call, dtype=np.float32)
+        self.answered = answered
 
-    def as_numpy(self, name):
-        return self.logits
+    def as_numpy(self, name):  # tritonclient's InferResult: None for an output not in the answer
+        return self.logits if name in self.answered else None
 
 
 @pytest.fixture
@@ -202,5 +206,27 @@ def test_extra_inputs_are_sent_with_their_numpy_type_per_image(backend):
             assert sent["target_class"].datatype() == "INT32"
             assert sent["discard_ratio"].datatype() == "FP32"
             assert sent["target_class"].shape() == [n, 1]
+
+    asyncio.run(scenario())
+
+
+def test_triton_is_asked_for_every_output_and_an_answer_without_one_is_a_502(backend):
+    """Triton's response cache keys a request by its inputs only and answers a hit with the
+    outputs the first request asked for: asking for subsets (rollout_mean, then rollout_max of the
+    same image) would be answered without the map. So no call names outputs; an answer that
+    lacks one anyway (a cache another client filled) is Triton's fault, not a 500."""
+
+    async def scenario():
+        b, fake = await backend()
+        fake.answered = {"logits", "rollout_mean", "rollout_max"}
+        variant = await b.variant("classify", "fp32", 1.0)
+        out = await b.infer(
+            variant, np.zeros((6, 3, 8, 8), np.uint8), ["logits", "rollout_max"], 1.0
+        )
+        assert sorted(out) == ["logits", "rollout_max"] and len(out["rollout_max"]) == 6
+        assert fake.asked_outputs == [None, None]  # two chunks of max_batch_size 4
+        fake.answered = {"logits"}
+        with pytest.raises(TritonFailed):
+            await b.infer(variant, np.zeros((1, 3, 8, 8), np.uint8), ["logits", "rollout_max"], 1.0)
 
     asyncio.run(scenario())
