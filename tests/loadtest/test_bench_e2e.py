@@ -79,7 +79,10 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     ]
     for s in result["systems"]:
         runs = [*s["sweep"], s["fixed"]]
-        assert [r["rate"] for r in runs] == [8, 4]
+        # the search starts at 8 (= max); on a loaded machine a p99 over the SLO makes it probe
+        # again or lower, so only the first probe and the fixed rate are fixed
+        assert s["sweep"][0]["rate"] == 8 and all(r["rate"] <= 8 for r in s["sweep"])
+        assert s["fixed"]["rate"] == 4
         assert all(set(r["statuses"]) <= SUCCESS for r in runs), (s["target"], runs)
         assert s["fixed"]["sent"] == s["fixed"]["completed"] == 2
     cpu = {s["system"]: set(s["cpu_ms_per_request"]) for s in result["systems"]}
