@@ -149,7 +149,8 @@ def test_a_collector_that_does_not_answer_costs_spans_not_requests(repository, m
     failures = [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")]
     assert failures and f"exporting traces to {endpoint.removeprefix('http://')}" in failures[0]
     assert stopped_s < SHUTDOWN_FLUSH_S + 2
-    assert any("not sent within" in r.getMessage() for r in caplog.records)
+    # (whether spans are still queued at exit, and "not sent within" is logged, depends on how
+    # far the exporter's retries got: a loaded machine may have given up on them already)
 
 
 def test_triton_traces_when_the_gateway_exports_on_the_collectors_http_port():
