@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from build import heap
 from build.graphs import DISCARD_RATIO, INPUT_NAME, TARGET_CLASS
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,8 @@ def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     # Weights are 2-D (MatMul/Gemm) or 4-D (Conv) initializers; anything else is not a layer.
     weight_rank = {"MatMul": 2, "Gemm": 2, "Conv": 4}
     ranks = {i.name: len(i.dims) for i in model.graph.initializer}
-    include, exclude = [], []
+    include: list[str] = []
+    exclude: list[str] = []
     for node in model.graph.node:
         if node.op_type not in weight_rank:
             continue
@@ -221,11 +224,19 @@ def modelopt_python() -> Path:
 def to_gpu_variants(jobs: list[tuple[str, Path, Path]], images: Path, method: str) -> None:
     """(precision, src, dst) jobs, run by build.gpu_precision in Model Optimizer's environment
     (one process); its progress lines are relayed, its one-line error becomes VariantError."""
+    # This process waits while Model Optimizer runs: what its own stages freed goes back first.
+    released = heap.release()
+    log.info(
+        "memory: %.1f GB returned to the OS before Model Optimizer starts (resident %.1f GB)",
+        released / 1e9,
+        heap.resident_bytes() / 1e9,
+    )
     cmd = [str(modelopt_python()), "-m", "build.gpu_precision", "--images", str(images)]
     cmd += ["--method", GPU_CALIBRATION_METHOD[method]]
     cmd += [f"{p}:{src}:{dst}" for p, src, dst in jobs]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     tail: list[str] = []
+    written = 0
     with subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
@@ -234,13 +245,42 @@ def to_gpu_variants(jobs: list[tuple[str, Path, Path]], images: Path, method: st
             line = line.rstrip()
             tail = [*tail[-19:], line]
             if line.startswith("written: "):
+                written += 1
                 log.info("%s (Model Optimizer)", line.removeprefix("written: "))
             elif " gpu int8 calibration " in line:
                 log.info("%s", line.split(" ", 1)[1])  # without the child's timestamp
-    missing = [str(dst) for _, _, dst in jobs if not dst.is_file()]
-    if proc.returncode != 0 or missing:
-        errors = [t.removeprefix("error: ") for t in tail if t.startswith("error: ")]
-        raise VariantError(f"gpu variant failed: {errors[-1] if errors else tail[-1:]}")
+    if proc.returncode < 0:  # killed: it wrote no error line, and its last line is a warning
+        p, src, _ = jobs[min(written, len(jobs) - 1)]
+        raise VariantError(f"gpu variant failed: {killed_message(-proc.returncode, p, src)}")
+    errors = [t.removeprefix("error: ") for t in tail if t.startswith("error: ")]
+    if errors:
+        raise VariantError(f"gpu variant failed: {errors[-1]}")
+    if proc.returncode != 0:  # no error line (e.g. an interpreter crash): its last line
+        last = f"; its last line: {tail[-1]}" if tail else ""
+        raise VariantError(
+            f"gpu variant failed: the Model Optimizer process exited with status "
+            f"{proc.returncode}{last}"
+        )
+    missing = [dst.name for _, _, dst in jobs if not dst.is_file()]
+    if missing:
+        raise VariantError(f"gpu variant failed: Model Optimizer wrote no {', '.join(missing)}")
+
+
+def killed_message(signum: int, precision: str, src: Path) -> str:
+    """One line for a Model Optimizer process ended by a signal: which, during which variant, and
+    for SIGKILL (what the kernel's out-of-memory killer sends) that memory is the likely cause."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    line = f"the Model Optimizer process was killed by {name} while making gpu {precision} "
+    line += f"from {src.name}"
+    if signum == signal.SIGKILL:
+        line += (
+            " (likely out of memory: see `dmesg | grep -i oom`; free memory or build on a larger "
+            "machine, docs/build.md 'Build memory')"
+        )
+    return line
 
 
 def write_images(images: np.ndarray, path: Path) -> Path:
