@@ -7,7 +7,8 @@ versions that clash with the CPU stack), as a subprocess of the build:
   <modelopt python> -m build.gpu_precision --images calib.npy --method max \\
       fp16:SRC:DST int8:SRC:DST ...
 
-It imports only numpy, onnx and modelopt (which brings torch), never the rest of the build package.
+It imports only numpy, onnx, modelopt (which brings torch) and build.heap (standard library),
+never the rest of the build package.
 
 * FP16: AutoCast (`modelopt.onnx.autocast.convert_to_mixed_precision`, low_precision_type fp16,
   keep_io_types): Model Optimizer's documented path to FP16 for TensorRT 11, which has no FP16 flag.
@@ -55,18 +56,28 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+
+from build import heap
 
 INPUT_NAME = "image"  # build.names.INPUT_NAME (not imported: this runs outside the build's env)
 DISCARD_RATIO = "discard_ratio"  # build.names.DISCARD_RATIO: explain graphs' second input
 TARGET_CLASS = "target_class"  # build.names.TARGET_CLASS: attribution graphs' second input
 LOGITS = "logits"
 CALIBRATION_BATCH = 16  # bounds calibration memory: one batch of activations at a time
+# Attribution graphs hold their backward pass's activations too: batches of 4 kept their
+# calibration at 3.0 GB in the ViT-S/16 build (docs/build.md, "Build memory"). Max calibration
+# keeps the largest |value| over all batches, so the scales do not depend on the batch.
+ATTRIBUTION_CALIBRATION_BATCH = 4
+LOG_EVERY = 128  # calibration progress: a line per this many images
+AUTOCAST_IMAGES = 16  # AutoCast's sample: the images its FP16 range check runs (one at a time)
 # Model Optimizer's INT8 PTQ calibrates with "max" or "entropy" (int8.py); anything else is max.
 MODELOPT_METHODS = ("max", "entropy")
 
@@ -148,7 +159,7 @@ class _Batches:
         chunk = np.ascontiguousarray(self._images[self._next : self._next + self._batch])
         self._next += self._batch
         done = min(self._next, len(self._images))
-        if (self._next // self._batch) % 8 == 0 or done == len(self._images):
+        if done // LOG_EVERY > (done - len(chunk)) // LOG_EVERY or done == len(self._images):
             log.info("gpu int8 calibration %d/%d images", done, len(self._images))
         return self._feeds(chunk)
 
@@ -159,25 +170,114 @@ class _Batches:
         self._next = 0
 
 
-def autocast_fp16(src: Path, images: np.ndarray) -> onnx.ModelProto:
-    """AutoCast runs the graph on real images to keep in FP32 only what would overflow FP16, and
-    the rollout (fp32_patterns)."""
+def autocast_graph(src: Path) -> onnx.ModelProto:
+    """The graph AutoCast classifies: `src` as convert_to_mixed_precision prepares it before its
+    reference run (nvidia-modelopt 0.47.0 autocast/convert.py: GraphSanitizer at opset >= 13, the
+    ONNX Runtime IR limit, then strict type inference), so that reference_ranges are keyed by the
+    tensor names its range rule looks up (the sanitizer can fuse LayerNorm patterns, duplicate
+    shared constants and name nodes)."""
+    from modelopt.onnx import utils as onnx_utils
+    from modelopt.onnx.autocast.convert import LATEST_IR_VERSION_SUPPORTED_BY_ORT
+    from modelopt.onnx.autocast.graphsanitizer import GraphSanitizer
+
+    sanitizer = GraphSanitizer(
+        onnx.load(str(src), load_external_data=False),
+        13,  # convert_to_mixed_precision's minimum for fp16 when no opset is given
+        max_ir_version=LATEST_IR_VERSION_SUPPORTED_BY_ORT,
+        trt_plugins=[],
+        trt_plugins_precision=[],
+        onnx_path=str(src),
+    )
+    sanitizer.sanitize()
+    model = onnx_utils.infer_types(sanitizer.model, False, strict_mode=True)
+    onnx.external_data_helper.load_external_data_for_model(model, str(src.resolve().parent))
+    return model
+
+
+def reference_ranges(src: Path, images: np.ndarray, second: str | None) -> dict:
+    """What AutoCast's reference run measures (min, max and |max| of the graph's inputs and of
+    every tensor it marks an output, over the sample images), one image at a time:
+    {tensor: modelopt TensorStats}.
+
+    AutoCast's ReferenceRunner marks every tensor a graph output (Polygraphy's mark_layerwise:
+    each output of each node but Constant) and keeps all of them, for every sample image at once,
+    until the nodes are classified: for an attribution graph (forward and backward pass) that is
+    0.77 GB per ViT-S/16 image (1,499 tensors), ~12 GB for its 16 images (the build was killed
+    for memory). Here the same graph (autocast_graph) with the same tensors marked runs one image
+    at a time and keeps only the statistics; the maxima, and so the nodes kept in FP32, are the
+    same (tests/build_stage/test_gpu_precision.py)."""
+    import onnxruntime as ort
+    from modelopt.onnx.utils import clear_stale_value_info
+
+    model = autocast_graph(src)
+    clear_stale_value_info(model)  # as ReferenceRunner.run does (ONNX Runtime re-infers)
+    typed = {v.name: v for v in model.graph.value_info}
+    marked = dict.fromkeys(
+        t for n in model.graph.node if n.op_type != "Constant" for t in n.output if t
+    )
+    del model.graph.output[:]
+    model.graph.output.extend(
+        typed.get(t, onnx.helper.make_empty_tensor_value_info(t)) for t in marked
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "every_tensor.onnx"
+        onnx.save(model, str(path), save_as_external_data=True)  # any size (protobuf: 2 GB)
+        del model
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    stats: dict = {}
+    for i in range(len(images)):
+        inputs = feeds(np.ascontiguousarray(images[i : i + 1]), second)
+        values = dict(zip(names, session.run(names, inputs), strict=True))
+        for name, value in [*inputs.items(), *values.items()]:
+            stats[name] = _merged(stats.get(name), np.asarray(value))
+        del values
+    del session
+    heap.release()  # one image's tensors of every node: returned before AutoCast allocates
+    return stats
+
+
+def _merged(old: Any, value: np.ndarray) -> Any:
+    """modelopt TensorStats of `value` merged into `old` (a TensorStats or None), as
+    ReferenceRunner aggregates batches."""
+    from modelopt.onnx.autocast.referencerunner import TensorStats
+
+    if value.size == 0:
+        absmax = low = high = 0.0
+    else:
+        absmax, low, high = (float(np.max(np.abs(value))), float(value.min()), float(value.max()))
+    if old is not None:
+        absmax, low, high = max(absmax, old.absmax), min(low, old.min_val), max(high, old.max_val)
+    return TensorStats(absmax=absmax, min_val=low, max_val=high, shape=value.shape)
+
+
+def calibration_batch(second: str | None) -> int:
+    return ATTRIBUTION_CALIBRATION_BATCH if second == TARGET_CLASS else CALIBRATION_BATCH
+
+
+def autocast_fp16(src: Path, images: np.ndarray, data_max: float | None = None) -> onnx.ModelProto:
+    """AutoCast keeps in FP32 only what would overflow FP16 on real images (its I/O range rule
+    with its data_max, default 512, fed reference_ranges of AUTOCAST_IMAGES images), and the
+    rollout (fp32_patterns)."""
     from modelopt.onnx.autocast import convert_to_mixed_precision
+    from modelopt.onnx.autocast.convert import DEFAULT_DATA_MAX
+    from modelopt.onnx.autocast.nodeclassifier import IORangeRule
 
     graph = onnx.load(str(src), load_external_data=False)
     second = second_input(graph)
-    with tempfile.TemporaryDirectory() as tmp:
-        sample = Path(tmp) / "sample.npz"
-        first = np.ascontiguousarray(images[:CALIBRATION_BATCH])
-        np.savez(sample, **feeds(first, second))
-        return convert_to_mixed_precision(
-            onnx_path=str(src),
-            low_precision_type="fp16",
-            keep_io_types=True,
-            calibration_data=str(sample),
-            # The rollout stays FP32; an attribution graph's backward pass does not (see above).
-            nodes_to_exclude=fp32_patterns(graph) if second == DISCARD_RATIO else None,
-        )
+    ranges = reference_ranges(src, images[:AUTOCAST_IMAGES], second)
+    limit = DEFAULT_DATA_MAX if data_max is None else data_max
+    return convert_to_mixed_precision(
+        onnx_path=str(src),
+        low_precision_type="fp16",
+        keep_io_types=True,
+        # AutoCast's own rule over our ranges (its documented custom_rule hook); data_max = inf
+        # turns off its reference run, which would hold every tensor of every image at once.
+        data_max=np.inf,
+        custom_rule=IORangeRule(limit, ranges, {}),
+        # The rollout stays FP32; an attribution graph's backward pass does not (see above).
+        nodes_to_exclude=fp32_patterns(graph) if second == DISCARD_RATIO else None,
+    )
 
 
 def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -195,6 +295,21 @@ def to_fp16(src: Path, dst: Path, images: np.ndarray) -> None:
     onnx.save(model, str(dst))
 
 
+def copy_graph(src: Path, folder: Path, graph: onnx.ModelProto) -> Path:
+    """`src` (with any external data files `graph`, its proto, names) copied into `folder`."""
+    files = {
+        entry.value
+        for tensor in graph.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.parent / name, folder / name)
+    return Path(shutil.copyfile(src, folder / src.name))
+
+
 def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
     from modelopt.onnx.quantization import quantize
 
@@ -208,12 +323,16 @@ def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
     # attribution graph the same two rules exclude the backward pass and attn@V.
     rollout = [*rollout_matmuls(graph), *(fp32_patterns(graph) or [])]
     with tempfile.TemporaryDirectory() as tmp:
+        # Model Optimizer rewrites the file it quantizes (trt_utils.load_onnx_model:
+        # onnx.shape_inference.infer_shapes_path(onnx_path) in place, through any hard link) and
+        # writes its intermediate files beside it and beside output_path: it gets a copy, here.
+        source = copy_graph(src, Path(tmp), graph)
         # Explain: Q/DQ in an FP32 graph, then AutoCast to FP16 with the rollout kept FP32.
-        quantized = Path(tmp) / "int8_fp32.onnx" if explain else dst
+        quantized = Path(tmp) / "int8.onnx"
         quantize(
-            str(src),
+            str(source),
             quantize_mode="int8",
-            calibration_data_reader=_Batches(images, CALIBRATION_BATCH, second),
+            calibration_data_reader=_Batches(images, calibration_batch(second), second),
             calibration_method=method,
             calibration_eps=["cpu"],  # calibrate on ONNX Runtime's CPU provider: no GPU needed
             nodes_to_exclude=rollout or None,
@@ -221,6 +340,7 @@ def to_int8(src: Path, dst: Path, images: np.ndarray, method: str) -> None:
             output_path=str(quantized),
             log_level="WARNING",
         )
+        heap.release()  # calibration's batches, before AutoCast or the save allocate
         model = autocast_fp16(quantized, images) if explain else onnx.load(str(quantized))
         onnx.save(without_value_info(model), str(dst))
     onnx.checker.check_model(str(dst))
@@ -248,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {precision} {Path(src).name}: {exc}".splitlines()[0], flush=True)
             return 2
         print(f"written: gpu {precision} {Path(dst).name}", flush=True)
+        heap.release()  # what this variant freed, before the next one allocates its own
     return 0
 
 

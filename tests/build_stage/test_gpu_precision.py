@@ -5,6 +5,11 @@ provider is gated like every variant: tests/build_stage/test_build_report.py.)""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -300,3 +305,100 @@ def test_attribution_gpu_graphs_run_the_backward_pass_in_fp16(repository, precis
     assert len(first_qk) == 1 and g.made_by(first_qk[0].input[0], "DequantizeLinear")
     target = next(i for i in g.model.graph.input if i.name == "target_class")
     assert target.type.tensor_type.elem_type == TensorProto.INT32
+
+
+# Run in Model Optimizer's environment: AutoCast as the library runs it (its ReferenceRunner over
+# the sample images at once) against build.gpu_precision.autocast_fp16 (its range rule fed ranges
+# measured one image at a time), at a data_max low enough that the rule keeps nodes in FP32.
+_AUTOCAST_BOTH_WAYS = """
+import json, sys, tempfile
+from pathlib import Path
+import numpy as np, onnx
+import build.gpu_precision as gp
+from modelopt.onnx.autocast import convert_to_mixed_precision
+
+images, data_max, result = np.load(sys.argv[1]), float(sys.argv[2]), {}
+def nodes(model):
+    return sorted(n.SerializeToString() for n in model.graph.node)
+def fp32(model):
+    return {n.name for n in model.graph.node if n.op_type == "Cast"}
+for src in sys.argv[3:]:
+    graph = onnx.load(src, load_external_data=False)
+    second = gp.second_input(graph)
+    rollout = gp.fp32_patterns(graph) if second == gp.DISCARD_RATIO else None
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = Path(tmp) / "sample.npz"
+        np.savez(sample, **gp.feeds(images[: gp.AUTOCAST_IMAGES], second))
+        library = convert_to_mixed_precision(
+            onnx_path=src, low_precision_type="fp16", keep_io_types=True,
+            calibration_data=str(sample), data_max=data_max, nodes_to_exclude=rollout,
+        )
+    ours = gp.autocast_fp16(Path(src), images, data_max=data_max)
+    no_rule = gp.autocast_fp16(Path(src), images, data_max=float("inf"))
+    result[Path(src).name] = {
+        "same_graph": nodes(library) == nodes(ours),
+        "same_initializers": sorted(i.SerializeToString() for i in library.graph.initializer)
+        == sorted(i.SerializeToString() for i in ours.graph.initializer),
+        "rule_kept_nodes_fp32": len(fp32(library)) > len(fp32(no_rule)),
+    }
+print(json.dumps(result))
+"""
+
+
+def _modelopt(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    from build.precision import ROOT, modelopt_python
+
+    return subprocess.run(
+        [str(modelopt_python()), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=timeout,
+    )
+
+
+def test_autocast_ranges_measured_one_image_at_a_time_keep_the_same_nodes_fp32(
+    repository, heldout, tmp_path
+):
+    """AutoCast's own reference run holds every tensor of every sample image at once (~12 GB for
+    a ViT-S/16 attribution graph's 16 images: the 224-px build was killed for memory);
+    autocast_fp16 feeds AutoCast's range rule with ranges measured one image at a time, on the
+    graph AutoCast classifies (sanitized, the same tensors marked). Same images, same rule: the
+    same graph comes out, at a data_max (4) low enough that the rule does keep nodes FP32 (more
+    Casts than with the rule off; else the comparison could not fail). Classify (forward pass)
+    and attribution (forward and backward); explain runs the same code, but AutoCast's own run
+    over its rollout takes ~100 s here."""
+    images = tmp_path / "images.npy"
+    np.save(images, heldout.images[:16])
+    graphs = [str(onnx_path(repository, task, "fp32")) for task in ("classify", "attribution")]
+    run = _modelopt(["-c", _AUTOCAST_BOTH_WAYS, str(images), "4", *graphs])
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(result) == {Path(g).name for g in graphs}
+    for graph, checks in result.items():
+        assert all(checks.values()), (graph, checks)
+
+
+def test_model_optimizer_leaves_the_source_graph_untouched(repository, heldout, tmp_path):
+    """Model Optimizer's quantize rewrites the file it is given (shape inference written back in
+    place, so through every hard link: the cpu target serves that fp32 file) and leaves
+    intermediate files beside it; build.gpu_precision hands it a copy. The source's bytes are
+    unchanged after both variants, and only the variants are written."""
+    source, out = tmp_path / "source", tmp_path / "gpu"
+    source.mkdir()
+    src = source / "classify_fp32.onnx"
+    graph = onnx.load(str(onnx_path(repository, "classify", "fp32")))
+    del graph.graph.value_info[:]  # as exported: shape inference has something to write back
+    onnx.save(graph, str(src))
+    served = tmp_path / "served.onnx"
+    served.hardlink_to(src)  # as the cpu target's model file is linked to it
+    before = src.read_bytes()
+    images = tmp_path / "images.npy"
+    np.save(images, heldout.images[:32])
+    jobs = [f"{p}:{src}:{out / f'classify_{p}.onnx'}" for p in ("fp16", "int8")]
+    run = _modelopt(["-m", "build.gpu_precision", "--images", str(images), *jobs])
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert src.read_bytes() == before and served.read_bytes() == before
+    assert sorted(p.name for p in source.iterdir()) == [src.name]
+    assert sorted(p.name for p in out.iterdir()) == ["classify_fp16.onnx", "classify_int8.onnx"]
