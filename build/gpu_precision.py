@@ -60,6 +60,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,9 +72,9 @@ DISCARD_RATIO = "discard_ratio"  # build.names.DISCARD_RATIO: explain graphs' se
 TARGET_CLASS = "target_class"  # build.names.TARGET_CLASS: attribution graphs' second input
 LOGITS = "logits"
 CALIBRATION_BATCH = 16  # bounds calibration memory: one batch of activations at a time
-# Attribution graphs hold their backward pass's activations too (~115 MB per ViT-S/16 image):
-# 4 per batch peaked at 2.6 GB for ViT-S against 4.2 GB for 16, and took no longer. Max
-# calibration keeps the largest |value| over all batches, so the scales do not depend on it.
+# Attribution graphs hold their backward pass's activations too: batches of 4 kept their
+# calibration at 3.0 GB in the ViT-S/16 build (docs/build.md, "Build memory"). Max calibration
+# keeps the largest |value| over all batches, so the scales do not depend on the batch.
 ATTRIBUTION_CALIBRATION_BATCH = 4
 LOG_EVERY = 128  # calibration progress: a line per this many images
 AUTOCAST_IMAGES = 16  # AutoCast's sample: the images its FP16 range check runs (one at a time)
@@ -201,10 +202,10 @@ def reference_ranges(src: Path, images: np.ndarray, second: str | None) -> dict:
     AutoCast's ReferenceRunner marks every tensor a graph output (Polygraphy's mark_layerwise:
     each output of each node but Constant) and keeps all of them, for every sample image at once,
     until the nodes are classified: for an attribution graph (forward and backward pass) that is
-    ~1.2 GB per ViT-S/16 image, ~20 GB for its 16 images (the build was killed for memory). Here
-    the same graph (autocast_graph) with the same tensors marked runs one image at a time and
-    keeps only the statistics; the maxima, and so the nodes kept in FP32, are the same
-    (tests/build_stage/test_gpu_precision.py)."""
+    0.77 GB per ViT-S/16 image (1,499 tensors), ~12 GB for its 16 images (the build was killed
+    for memory). Here the same graph (autocast_graph) with the same tensors marked runs one image
+    at a time and keeps only the statistics; the maxima, and so the nodes kept in FP32, are the
+    same (tests/build_stage/test_gpu_precision.py)."""
     import onnxruntime as ort
     from modelopt.onnx.utils import clear_stale_value_info
 
@@ -236,8 +237,9 @@ def reference_ranges(src: Path, images: np.ndarray, second: str | None) -> dict:
     return stats
 
 
-def _merged(old, value: np.ndarray):
-    """TensorStats of `value` merged into `old` (as ReferenceRunner aggregates batches)."""
+def _merged(old: Any, value: np.ndarray) -> Any:
+    """modelopt TensorStats of `value` merged into `old` (a TensorStats or None), as
+    ReferenceRunner aggregates batches."""
     from modelopt.onnx.autocast.referencerunner import TensorStats
 
     if value.size == 0:

@@ -87,7 +87,8 @@ def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     # Weights are 2-D (MatMul/Gemm) or 4-D (Conv) initializers; anything else is not a layer.
     weight_rank = {"MatMul": 2, "Gemm": 2, "Conv": 4}
     ranks = {i.name: len(i.dims) for i in model.graph.initializer}
-    include, exclude = [], []
+    include: list[str] = []
+    exclude: list[str] = []
     for node in model.graph.node:
         if node.op_type not in weight_rank:
             continue

@@ -372,7 +372,7 @@ def _modelopt(args: list[str], timeout: int = 600) -> subprocess.CompletedProces
 def test_autocast_ranges_measured_one_image_at_a_time_keep_the_same_nodes_fp32(
     repository, heldout, tmp_path
 ):
-    """AutoCast's own reference run holds every tensor of every sample image at once (~20 GB for
+    """AutoCast's own reference run holds every tensor of every sample image at once (~12 GB for
     a ViT-S/16 attribution graph's 16 images: the 224-px build was killed for memory);
     autocast_fp16 feeds AutoCast's range rule with ranges measured one image at a time, on the
     graph AutoCast classifies (sanitized, the same tensors marked). Same images, same rule: the
