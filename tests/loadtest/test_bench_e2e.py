@@ -94,7 +94,9 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
     for s in result["systems"][3:]:  # the gateway's own timings of its answers, and its cores
         cores = s["cores_per_1000_images_per_s"]
         assert cores["gateway"] == s["cpu_ms_per_request"]["gateway"] > 0
-        assert cores["with_triton"] > cores["gateway"]
+        # /proc counts CPU in 10 ms ticks: 2 requests of a small (or null) model can cost Triton
+        # less than one
+        assert cores["with_triton"] >= cores["gateway"]
         stages = s["gateway_stages_ms"]
         if s["path"] == "jpeg bytes":  # the header check, then the file to Triton: no decode
             assert {"header", "triton", "total"} <= set(stages), s
