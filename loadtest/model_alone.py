@@ -89,6 +89,11 @@ def measure(model: ServedModel, images: np.ndarray, seconds: float) -> list[Batc
         )
         for _ in range(model.instances)
     ]
+    # One call each from this thread first: OpenVINO's bindings set up numpy's API on their first
+    # call, and two pool threads making that first call at once deadlocked (one held the one-time
+    # setup and waited for the GIL, the other held the GIL and waited for the setup).
+    for runner in runners:
+        runner.run(np.ascontiguousarray(images[:1]))
     speeds = []
     with ThreadPoolExecutor(len(runners)) as pool:  # the runtimes release the GIL while running
         for batch in runtimes.batch_buckets(model.max_batch_size):
