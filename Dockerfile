@@ -14,6 +14,8 @@ RUN python -m pip install pip==26.3 \
     && python -m pip install --group gateway -c requirements/constraints.txt
 
 COPY service/ service/
+# make publish / make rollback where the host has no venv (deploy/kubernetes/release Jobs)
+COPY release/ release/
 
 # Prometheus multiprocess mode: every uvicorn worker writes its samples here.
 RUN useradd --system --uid 10001 --no-create-home gateway \

@@ -12,7 +12,7 @@ PORT ?= 8080
 ARGS ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install repo serve triton test test-slow lint bench bench-faithfulness loadtest bench-e2e bench-sharing \
+.PHONY: help install repo serve triton test test-slow lint publish rollback versions bench bench-faithfulness loadtest bench-e2e bench-sharing \
 	engines clean-repo check-deploy modelopt-env test-gpu
 
 help:
@@ -25,9 +25,10 @@ help:
 	@echo "make loadtest open-loop sweep against a running gateway (ARGS='--rates 20,40 --slo-p99 50')"
 	@echo "make bench-e2e capacity at a p99 SLO: naive server vs model alone vs Triton vs this stack"
 	@echo "make bench-sharing /classify p99 alone and under an /explain burst, Triton's rate limiter off / priority / on"
+	@echo "make publish FROM=DIR  serve the build in DIR as the next version, no downtime (make rollback, make versions)"
 	@echo "make engines build and verify TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
 	@echo "make test-gpu the gpu-marked tests in the TensorRT container (GPU host)"
-	@echo "make lint    ruff check, ruff format --check, mypy on the gateway and launcher"
+	@echo "make lint    ruff check, ruff format --check, mypy on the gateway, launcher, loadtest, release"
 	@echo "make check-deploy  only the deployment checks: compose, Dockerfiles, Kubernetes, monitoring"
 
 install: $(STAMP)
@@ -75,7 +76,21 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service local_triton loadtest
+	$(BIN)/mypy service local_triton loadtest release
+
+# New versions without downtime on a running Triton (release/; docs/versions.md): FROM is a
+# finished build (make repo REPO=FROM ARGS=...), TARGET what Triton serves (cpu: make serve;
+# gpu: compose, after the engines step on FROM). TRITON_URL: its gRPC address (127.0.0.1:8001).
+TARGET ?= cpu
+publish: $(STAMP)
+	$(if $(FROM),,$(error FROM=DIR is required: make repo REPO=DIR ARGS=..., then make publish FROM=DIR))
+	$(BIN)/python -m release publish --repository $(REPO) --target $(TARGET) --from $(FROM) $(ARGS)
+
+rollback: $(STAMP)
+	$(BIN)/python -m release rollback --repository $(REPO) --target $(TARGET) $(ARGS)
+
+versions: $(STAMP)
+	$(BIN)/python -m release status --repository $(REPO) --target $(TARGET)
 
 bench: $(STAMP) $(BUILT)
 	$(BIN)/python -m build.bench $(ARGS)
@@ -104,6 +119,6 @@ test-gpu:
 	docker compose --profile gpu-tests run --rm gpu-tests
 
 clean-repo:
-	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/1 \
+	rm -rf $(REPO)/onnx $(REPO)/source $(REPO)/*.json $(REPO)/*.html $(REPO)/*/*/[0-9]* \
 		$(REPO)/*/*/labels.txt $(REPO)/*/*/warmup $(REPO)/engines $(REPO)/openvino-cache \
 		$(REPO).staging-* $(REPO).rejected $(REPO).previous

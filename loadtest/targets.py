@@ -6,7 +6,7 @@ Each target rotates through its corpus by request index, so a run sends a mix of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -36,6 +36,7 @@ class HttpTarget:
     # When given, the gateway's own per-stage timings of each 200 answer (JSON timings_ms or the
     # Server-Timing header) are summed here: stage -> [total ms, answers].
     stages: dict[str, list[float]] | None = None
+    on_answer: Callable[[int, httpx.Response], None] | None = None  # (index, answer): each one
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Send]:
@@ -61,6 +62,8 @@ class HttpTarget:
                     return type(exc).__name__
                 if self.stages is not None and r.status_code == 200:
                     add_stages(self.stages, r)
+                if self.on_answer is not None:
+                    self.on_answer(index, r)
                 return str(r.status_code)
 
             yield send

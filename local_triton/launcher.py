@@ -305,7 +305,9 @@ class LocalTriton:
         openvino_cache: Path | None = None,  # see openvino_cache_dir()
         response_cache: ResponseCache | None = ResponseCache(),  # None: off
         rate_limit: bool = True,  # RateLimit.for_repository; False: Triton's default (off)
+        poll_s: int | None = None,  # poll the repository this often instead of load requests
     ) -> None:
+        self.poll_s = poll_s
         self.openvino_cache = openvino_cache
         self.response_cache = response_cache
         self.rate_limit = rate_limit
@@ -334,12 +336,20 @@ class LocalTriton:
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
+            *self._model_control_flags(),
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *(self.keepalive.flags() if self.keepalive else []),
             *(self.response_cache.flags(root / "caches") if self.response_cache else []),
             *self._rate_limit_flags(),
             *self.extra_args,
         ]
+
+    def _model_control_flags(self) -> list[str]:
+        """Every model at start, as without model control, then load requests: make publish
+        swaps versions through them (release/). Or Triton polls the repository itself."""
+        if self.poll_s is not None:
+            return ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_s}"]
+        return ["--model-control-mode=explicit", "--load-model=*"]
 
     def _rate_limit_flags(self) -> list[str]:
         limit = RateLimit.for_repository(self.repository) if self.rate_limit else None

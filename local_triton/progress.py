@@ -1,6 +1,6 @@
 """What a starting tritonserver is doing, for a launcher that waits as long as it makes progress.
 
-Triton opens its HTTP endpoint only after every model has loaded (model control mode "none"), so
+Triton opens its HTTP endpoint only after every model has loaded (--load-model=* at start), so
 while a 224-px repository loads on 2 cores (minutes: OpenVINO compiles and warms every batch
 bucket of every instance) the only signs of life are its log and its CPU time. This module reads
 both: which models loaded or failed (Triton's own log lines), and the CPU seconds of its process

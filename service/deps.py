@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,18 +15,33 @@ from service.jpeg_path import JpegPath
 from service.limits import InFlightLimiter, request_bytes
 from service.model_info import ModelMetadata
 from service.pipeline import Pipeline
-from service.triton import TritonBackend
+from service.triton import TritonBackend, Variant
 
 
 @dataclass
 class Services:
     settings: Settings
-    metadata: ModelMetadata
+    metadata: ModelMetadata  # MODEL_METADATA's: until Triton's configs name a version's own
     triton: TritonBackend
     executor: ThreadPoolExecutor
-    pipeline: Pipeline
     limiter: InFlightLimiter
     jpeg: JpegPath | None = None  # JPEG bytes to Triton's DALI ensembles, where built
+    _pipelines: dict[int, Pipeline] = field(default_factory=dict)
+
+    def contract(self, variant: Variant) -> ModelMetadata:
+        """The model.json of the version the variant names (make publish), else MODEL_METADATA's."""
+        return variant.contract or self.metadata
+
+    def pipeline(self, variant: Variant) -> Pipeline:
+        """Preprocessing and labels of the variant's version: a request served wholly by it."""
+        contract = self.contract(variant)
+        pipeline = self._pipelines.get(id(contract))
+        if pipeline is None:  # a version published since start (the Pipeline keeps it alive)
+            if len(self._pipelines) >= 8:
+                self._pipelines.clear()
+            pipeline = Pipeline(self.settings, contract, self.executor)
+            self._pipelines[id(contract)] = pipeline
+        return pipeline
 
 
 async def get_services(request: Request) -> Services:
@@ -42,10 +57,10 @@ class Admission:
         self.services = services
         self._nbytes: int | None = None
 
-    def enter(self, uploads: list[Upload], display_side: int | None) -> float:
+    def enter(self, uploads: list[Upload], variant: Variant, display_side: int | None) -> float:
         """Takes the slot (or raises Overloaded); returns the time the request's deadline
         (REQUEST_TIMEOUT_S) counts from: the end of the upload."""
-        spec = self.services.metadata.spec
+        spec = self.services.contract(variant).spec
         nbytes = request_bytes(
             sum(len(u.data) for u in uploads), len(uploads), 3 * spec.height * spec.width,
             display_side,

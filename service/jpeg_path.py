@@ -113,7 +113,10 @@ class JpegPath:
     ) -> Classified | None:
         """Logits from the variant's JPEG ensemble, or None: decode here instead."""
         model = variant.name + self.ensembles.suffix
-        if not self.triton.is_ready(model):
+        # The ensemble runs the newest loaded version of its model (its steps name no version):
+        # that is the request's only when the variant's version is the newest (not while a
+        # rollback has the newer one still loaded; docs/versions.md).
+        if not variant.latest or not self.triton.is_ready(model):
             return None
         loop = asyncio.get_running_loop()
         with metrics.stage(endpoint, "header", timings):

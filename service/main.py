@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from collections.abc import AsyncIterator
@@ -20,7 +21,6 @@ from service.deps import Services
 from service.jpeg_path import JpegPath
 from service.limits import BodySizeLimit, InFlightLimiter
 from service.model_info import ModelMetadata
-from service.pipeline import Pipeline
 from service.request_metrics import RequestMetrics
 from service.routes import classify, explain, health, page
 from service.routes.explain import EXPOSED_HEADERS
@@ -72,7 +72,6 @@ def create_app(
             metadata=metadata,
             triton=triton,
             executor=executor,
-            pipeline=Pipeline(settings, metadata, executor),
             limiter=InFlightLimiter(
                 settings.max_in_flight, settings.retry_after_s, settings.max_in_flight_mb * 2**20
             ),
@@ -80,9 +79,12 @@ def create_app(
             if settings.jpeg_to_triton and metadata.jpeg_ensembles
             else None,
         )
+        # the served version followed also while no request comes (make publish's drain)
+        refresh = asyncio.create_task(triton.keep_fresh(settings.readiness_timeout_s))
         try:
             yield
         finally:
+            refresh.cancel()
             await triton.close()
             executor.shutdown(wait=False, cancel_futures=True)
             app.state.tracing.shutdown()  # the spans still queued go out

@@ -81,6 +81,18 @@ JPEG_IMAGES = Counter(
     "or fallback when the ensemble failed and the gateway decoded them itself",
     ["outcome"],
 )
+MODEL_VERSION_ANSWERS = Counter(
+    "gateway_model_version_answers_total",
+    "Answered /classify and /explain requests by the Triton model and version that served them "
+    "(make publish, make rollback: the version in each answer's model.version)",
+    ["model", "version"],
+)
+SERVED_VERSION = Gauge(
+    "gateway_served_model_version",
+    "The version of each Triton model new requests go to, as the gateway last read it",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
 for _outcome in ("sent", "fallback"):
     JPEG_IMAGES.labels(_outcome)
 for _method in ("rollout", "attribution"):  # bounded: the two methods, both from 0

@@ -1,4 +1,6 @@
-"""What the model expects, read once at start-up from model.json (written by the build stage)."""
+"""What the model expects (model.json, written by the build stage): read at start-up from
+MODEL_METADATA, and per served version from Triton's model config (make publish writes it there,
+release/; service/triton.py reads it), so preprocessing and labels follow the version served."""
 
 from __future__ import annotations
 
@@ -7,6 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.preprocess import Spec
+
+# The model-config parameters make publish writes (release/) and the gateway reads: the version
+# new requests go to, and that version's model.json (JSON text).
+SERVING_VERSION_PARAMETER = "vit_serving_version"
+CONTRACT_PARAMETER = "vit_model_json"
 
 
 class MetadataError(Exception):
@@ -39,17 +46,19 @@ class ModelMetadata:
                 "MODEL_METADATA at its model.json"
             )
         try:
-            raw = json.loads(path.read_text())
-            jpeg = raw.get("jpeg_ensembles")  # absent unless built with --preprocess dali
-            return cls(
-                model_name=raw["model_name"],
-                spec=Spec.from_metadata(raw["preprocessing"]),
-                labels=tuple(raw["labels"]),
-                grid=(int(raw["layout"]["grid"][0]), int(raw["layout"]["grid"][1])),
-                num_prefix_tokens=int(raw["layout"]["num_prefix_tokens"]),
-                jpeg_ensembles=JpegEnsembles(str(jpeg["suffix"]), str(jpeg["input"]))
-                if jpeg
-                else None,
-            )
+            return cls.from_dict(json.loads(path.read_text()))
         except (KeyError, TypeError, ValueError) as exc:
             raise MetadataError(f"{path} is not a valid model.json: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelMetadata:
+        """Raises KeyError, TypeError or ValueError on a malformed model.json."""
+        jpeg = raw.get("jpeg_ensembles")  # absent unless built with --preprocess dali
+        return cls(
+            model_name=raw["model_name"],
+            spec=Spec.from_metadata(raw["preprocessing"]),
+            labels=tuple(raw["labels"]),
+            grid=(int(raw["layout"]["grid"][0]), int(raw["layout"]["grid"][1])),
+            num_prefix_tokens=int(raw["layout"]["num_prefix_tokens"]),
+            jpeg_ensembles=JpegEnsembles(str(jpeg["suffix"]), str(jpeg["input"])) if jpeg else None,
+        )

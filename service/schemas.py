@@ -155,6 +155,9 @@ class Info(BaseModel):
     input_size: tuple[int, int] = Field(description="height, width the model sees")
     labels: int = Field(description="number of classes")
     default_precision: str
+    version: str | None = Field(
+        None, description="the version the default classify model serves (make publish)"
+    )
     classify: list[str] = Field(description="precisions with a ready classify model")
     explain: list[ExplainModelInfo] = Field(description="ready explain (rollout) models")
     attribution: list[str] = Field(

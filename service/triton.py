@@ -15,6 +15,8 @@ docs/benchmarks.md); gRPC's own work is most of a call. Errors read as tritoncli
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import re
 import time
@@ -36,6 +38,7 @@ from service.errors import (
     TritonTimeout,
     TritonUnavailable,
 )
+from service.model_info import CONTRACT_PARAMETER, SERVING_VERSION_PARAMETER, ModelMetadata
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Ping Triton every 30 s, also between requests, so a connection dropped by a NAT, a load balancer
@@ -53,13 +56,18 @@ TASKS = ("classify", "explain", "attribution")  # vit_<task>_<precision> on Trit
 
 @dataclass(frozen=True)
 class Variant:
-    """One served model: task (classify, explain: rollout, attribution) x precision."""
+    """One served model: task (classify, explain: rollout, attribution) x precision, and the
+    version new requests go to. A request takes one Variant and keeps it: every Triton call it
+    makes names that version, and its preprocessing and labels are that version's contract."""
 
     name: str
     task: str
     precision: str
     max_batch_size: int
     inputs: tuple[str, ...] = ()  # from Triton's model config (older builds lack some)
+    version: str = ""  # "": Triton's choice (a repository that was never published to)
+    latest: bool = True  # version is the newest loaded (what an ensemble's version -1 runs)
+    contract: ModelMetadata | None = None  # that version's model.json; None: MODEL_METADATA's
 
 
 def channel_args(keepalive_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
@@ -148,6 +156,7 @@ class TritonBackend:
         self._refreshed_at = 0.0
         self._invalid = False  # a call failed in a way a stale catalog may explain
         self._refresh: asyncio.Future[dict[tuple[str, str], Variant]] | None = None
+        self._contracts: dict[str, ModelMetadata] = {}  # parsed model.json by its text
 
     async def close(self) -> None:
         await self._client.close()
@@ -185,29 +194,74 @@ class TritonBackend:
             index = await self._client.get_model_repository_index(
                 as_json=True, client_timeout=timeout_s
             )
-            models = index.get("models", [])
-            ready = frozenset(m.get("name", "") for m in models if m.get("state") == "READY")
+            versions: dict[str, list[int]] = {}  # READY name -> its READY versions
+            for model in index.get("models", []):
+                if model.get("state") == "READY":
+                    number = str(model.get("version", ""))
+                    versions.setdefault(model.get("name", ""), []).append(
+                        int(number) if number.isdigit() else -1
+                    )
             found = {}
-            for model in models:
-                match = self._pattern.match(model.get("name", ""))
-                if not match or model.get("state") != "READY":
+            for name, loaded in versions.items():
+                match = self._pattern.match(name)
+                if not match:
                     continue
                 config = await self._client.get_model_config(
-                    model["name"], as_json=True, client_timeout=timeout_s
+                    name, as_json=True, client_timeout=timeout_s
                 )
-                # Protobuf JSON omits zeros: no max_batch_size means 0 (the model does not batch).
-                batch = int(config["config"].get("max_batch_size", 0))
-                inputs = tuple(i["name"] for i in config["config"].get("input", []))
-                found[(match[1], match[2])] = Variant(
-                    model["name"], match[1], match[2], batch, inputs
-                )
+                variant = self._variant(name, match[1], match[2], config["config"], max(loaded))
+                if variant:
+                    found[(variant.task, variant.precision)] = variant
         except Exception as exc:
             error = translate(exc, self._retry_after_s)
             metrics.TRITON_ERRORS.labels(error.code).inc()
             raise error from exc
         self._variants, self._refreshed_at, self._invalid = found, time.monotonic(), False
-        self._ready = ready
+        self._ready = frozenset(versions)
         return found
+
+    def _variant(
+        self, name: str, task: str, precision: str, config: dict, newest: int
+    ) -> Variant | None:
+        """The Variant a model's config describes. make publish (release/) puts the version to
+        serve and its model.json in the config's parameters; Triton swaps a model's config only
+        once every version it names has loaded, so a config that names a version is one whose
+        version is READY (a repository never published to names none: its newest version)."""
+        parameters = config.get("parameters", {})
+        serving = parameters.get(SERVING_VERSION_PARAMETER, {}).get("string_value", "")
+        version = serving or (str(newest) if newest >= 0 else "")
+        contract = None
+        text = parameters.get(CONTRACT_PARAMETER, {}).get("string_value")
+        if text:
+            contract = self._contracts.get(text)
+            if contract is None:
+                try:
+                    contract = ModelMetadata.from_dict(json.loads(text))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error("%s: its config's %s is not a valid model.json (%s): not served",
+                              name, CONTRACT_PARAMETER, exc)  # fmt: skip
+                    return None
+                if len(self._contracts) >= 8:  # versions published since start: keep a few
+                    self._contracts.clear()
+                self._contracts[text] = contract
+        if version.isdigit():
+            metrics.SERVED_VERSION.labels(name).set(int(version))
+        return Variant(
+            name, task, precision,
+            int(config.get("max_batch_size", 0)),  # protobuf JSON omits zeros: 0, no batching
+            tuple(i["name"] for i in config.get("input", [])),
+            version, version == str(newest), contract,
+        )  # fmt: skip
+
+    async def keep_fresh(self, timeout_s: float) -> None:
+        """Refreshes the catalog every CATALOG_REFRESH_S, also while no request comes, so a
+        version make publish switched to is followed within that time (its drain counts on it:
+        the version it unloads gets no new request after CATALOG_REFRESH_S). Runs until
+        cancelled; a failed refresh is counted (_load) and the next one tries again."""
+        while True:
+            with contextlib.suppress(ServiceError):
+                await self._start_refresh(timeout_s)
+            await asyncio.sleep(CATALOG_REFRESH_S)
 
     def is_ready(self, model: str) -> bool:
         """Whether the catalog (refreshed by variants()) lists `model` as READY."""
@@ -250,7 +304,7 @@ class TritonBackend:
             async with asyncio.timeout(deadline_s + 0.5), asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(
-                        self._infer_one(variant.name, c, outputs, deadline_s, scalars or {})
+                        self._infer_one(variant, c, outputs, deadline_s, scalars or {})
                     )
                     for c in chunks
                 ]
@@ -321,7 +375,7 @@ class TritonBackend:
 
     async def _infer_one(
         self,
-        model: str,
+        variant: Variant,
         images: np.ndarray,
         outputs: list[str],
         deadline_s: float,
@@ -334,15 +388,16 @@ class TritonBackend:
             scalar = grpcaio.InferInput(name, [len(images), 1], np_to_triton_dtype(value.dtype))
             scalar.set_data_from_numpy(np.full((len(images), 1), value, value.dtype))
             inputs.append(scalar)
-        with tracing.client_span(model, len(images)):
+        with tracing.client_span(variant.name, len(images)):
             result = await self._client.infer(
-                model,
+                variant.name,
                 inputs,
+                model_version=variant.version,  # the request's version, all its calls
                 client_timeout=deadline_s,  # gRPC deadline
                 timeout=int(deadline_s * 1_000_000),  # Triton queue timeout (µs): rejected
                 headers=tracing.grpc_metadata(),  # Triton's spans join the request's trace
             )  # every output: see _wanted()
-        return _wanted(model, result.as_numpy, outputs)
+        return _wanted(variant.name, result.as_numpy, outputs)
 
     async def ready(self, models: list[str], timeout_s: float) -> tuple[bool, str]:
         try:

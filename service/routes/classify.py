@@ -47,7 +47,8 @@ async def classify(
         }
     )
     metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
-    started = slot.enter(uploads, display_side=None)
+    started = slot.enter(uploads, variant, display_side=None)
+    pipeline = services.pipeline(variant)  # the variant's version's preprocessing and labels
     timings: dict[str, float] = {}
     # JPEG bytes to Triton's DALI ensemble where the repository has one (service/jpeg_path.py)
     sent = services.jpeg and await services.jpeg.classify(
@@ -57,7 +58,7 @@ async def classify(
     if sent:
         logits, sizes = sent.logits, sent.sizes
     else:
-        prepared = await services.pipeline.prepare(
+        prepared = await pipeline.prepare(
             uploads,
             ENDPOINT,
             timings,
@@ -71,7 +72,7 @@ async def classify(
             )
         logits, sizes = out["logits"], prepared.sizes
     with metrics.stage(ENDPOINT, "postprocess", timings):
-        predictions = services.pipeline.top_k(logits, top_k)
+        predictions = pipeline.top_k(logits, top_k)
         results = [
             ImageResult(
                 index=i,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from service import metrics
 from service.config import Settings
 from service.deps import Admission, Services
 from service.errors import InvalidParameter
@@ -67,9 +68,12 @@ def deadline_s(settings: Settings, started: float) -> float:
 
 
 def served_model(services: Services, variant: Variant) -> ServedModel:
+    """The answer's model block; counts the answer under its model and version."""
+    version = variant.version or "1"  # "": a Triton of before versions served its only one
+    metrics.MODEL_VERSION_ANSWERS.labels(variant.name, version).inc()
     return ServedModel(
         name=variant.name,
-        version="1",
+        version=version,
         precision=variant.precision,
-        architecture=services.metadata.model_name,
+        architecture=services.contract(variant).model_name,
     )

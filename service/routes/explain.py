@@ -112,12 +112,13 @@ async def explain(
     settings = services.settings
     answer = negotiate(output, request.headers.get("accept"))
     explain_method.check_parameters(method, request.query_params, target_class)
-    target = explain_method.resolve(target_class, services.metadata.labels)
     variant = await services.triton.variant(
         explain_method.TRITON_TASK[method],
         precision or settings.default_precision,
         settings.readiness_timeout_s,
     )
+    pipeline = services.pipeline(variant)  # the variant's version's preprocessing and labels
+    target = explain_method.resolve(target_class, pipeline.metadata.labels)
     if method == "rollout":
         scalars = discard.triton_inputs(variant, discard_ratio)
         map_output = f"rollout_{head_fusion}"
@@ -144,9 +145,9 @@ async def explain(
     image_format = answer if answer in IMAGE_FORMATS else "png"  # json embeds PNG
     side = min(max_side or settings.max_heatmap_side, settings.max_heatmap_side)
     display_side = side if render else None  # overlay copies only at the size rendered
-    started = slot.enter(uploads, display_side)
+    started = slot.enter(uploads, variant, display_side)
     # Heatmaps are compared with timm-exact inputs (reference, fidelity tests): no shortcuts here.
-    prepared = await services.pipeline.prepare(
+    prepared = await pipeline.prepare(
         uploads,
         ENDPOINT,
         timings,
@@ -163,13 +164,13 @@ async def explain(
             scalars,
         )
     with metrics.stage(ENDPOINT, "postprocess", timings):
-        predictions = services.pipeline.top_k(out["logits"], top_k)
+        predictions = pipeline.top_k(out["logits"], top_k)
         # Attribution relevance is raw (unbounded): shown the way rollout maps are, min-max.
         grids = [heatmap.normalise(g) for g in out[map_output]]
         explained: Sequence[Prediction | None] = [None] * len(uploads)
         if method == "attribution":
             classes = explain_method.explained_index(out["logits"], target)
-            explained = services.pipeline.predictions(out["logits"], classes)
+            explained = pipeline.predictions(out["logits"], classes)
     pngs: list[bytes | None] = [None] * len(uploads)
     if render:
         with metrics.stage(ENDPOINT, "render", timings):

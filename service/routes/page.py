@@ -47,12 +47,15 @@ async def info(services: ServicesDep) -> Info:
     classify: list[str] = []
     explain: list[ExplainModelInfo] = []
     attribution: list[str] = []
-    triton_error = None
+    triton_error, version = None, None
     try:
         variants = await services.triton.variants(settings.readiness_timeout_s)
     except ServiceError as exc:  # the page still loads and says why nothing can be explained
         triton_error = exc.message
     else:
+        default = variants.get(("classify", settings.default_precision))
+        if default:  # what its served version says, not what the gateway started with
+            metadata, version = services.contract(default), default.version or None
         for (task, precision), variant in sorted(variants.items()):
             if task == "classify":
                 classify.append(precision)
@@ -69,6 +72,7 @@ async def info(services: ServicesDep) -> Info:
         input_size=(metadata.spec.height, metadata.spec.width),
         labels=len(metadata.labels),
         default_precision=settings.default_precision,
+        version=version,
         classify=classify,
         explain=explain,
         attribution=attribution,

@@ -15,6 +15,8 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("gpu", "cpu")
 # The loader Jobs (the only writable mount of the claim): copy only, and copy + engines on a GPU.
 LOADERS = ("loader/copy", "loader/gpu")
+# The release Jobs (make publish / make rollback on the cluster, docs/versions.md).
+RELEASES = ("release/publish", "release/rollback")
 
 
 @functools.cache

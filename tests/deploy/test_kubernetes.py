@@ -14,12 +14,13 @@ import pytest
 import yaml
 
 from build import gpu_product
-from local_triton.launcher import GrpcKeepalive
+from local_triton.launcher import GrpcKeepalive, LocalTriton
 from service import gunicorn_conf, tracing
 from tests.deploy.kube import (
     KUBERNETES,
     LOADERS,
     OVERLAYS,
+    RELEASES,
     container,
     find,
     pod_specs,
@@ -41,7 +42,7 @@ ALLOWED_CRDS = {
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("overlay", [*OVERLAYS, *LOADERS])
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *LOADERS, *RELEASES])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_validate_strictly(overlay, version):
     unknown = []
@@ -69,7 +70,7 @@ def test_strict_validation_rejects_an_unknown_field():
 
 
 def test_yaml_lints_clean(tmp_path):
-    for overlay in (*OVERLAYS, *LOADERS):
+    for overlay in (*OVERLAYS, *LOADERS, *RELEASES):
         (tmp_path / f"{overlay.replace('/', '-')}.yaml").write_text(rendered_text(overlay))
     paths = [KUBERNETES, ROOT / "monitoring", ROOT / "docker-compose.yml", tmp_path]
     proc = subprocess.run(
@@ -272,6 +273,44 @@ def test_exactly_the_loader_mounts_the_repository_writable():
     copy = find(rendered("loader/copy"), "Job", "vit-model-loader")["spec"]["template"]["spec"]
     assert copy["containers"][0]["image"].startswith("busybox:")  # tar, for kubectl cp
     assert "nvidia.com/gpu" not in copy["containers"][0]["resources"]["limits"]
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_release_jobs_swap_versions_on_every_triton_pod(release):
+    """Each Job writes the claim (its one writable mount besides the loader's), runs the release
+    CLI from the gateway image with arguments it parses, reaches every Triton pod through the
+    headless Service, and drains at least as long as a gateway request may take."""
+    import shlex
+
+    from release.__main__ import parser
+
+    docs = rendered(release)
+    ((name, spec),) = pod_specs(docs).items()
+    assert writable_claim_mounts(docs) == {name: ["/models"]}
+    (c,) = spec["containers"]
+    gateway = container(rendered("gpu"), "vit-gateway", "gateway")
+    assert c["image"] == gateway["image"]  # holds release/ (Dockerfile)
+    assert "COPY release/ release/" in (ROOT / "Dockerfile").read_text()
+    script = c["command"][-1].replace("\\\n", " ")
+    words = shlex.split(script[script.index("python -m release") :].split("&&")[0])
+    assert words[:3] == ["python", "-m", "release"]
+    args = parser().parse_args([w.replace("$TARGET", "gpu") for w in words[3:]])
+    assert args.every_address and str(args.repository) == "/models"
+    host, port = args.triton.split(":")
+    pods = find(rendered("gpu"), "Service", host)
+    assert pods["spec"]["clusterIP"] == "None"
+    triton = find(rendered("gpu"), "Deployment", "vit-triton")["spec"]["template"]["metadata"]
+    assert pods["spec"]["selector"].items() <= triton["labels"].items()
+    assert [p["port"] for p in pods["spec"]["ports"]] == [int(port)]
+    timeout = float(next(e["value"] for e in gateway["env"] if e["name"] == "REQUEST_TIMEOUT_S"))
+    assert args.drain_s >= timeout + 2
+    assert {e["name"]: e["value"] for e in c["env"]}["TARGET"] == "gpu"
+    # Triton takes load requests in both overlays (cpu: the launcher's own flags)
+    assert (
+        "--model-control-mode=explicit"
+        in container(rendered("gpu"), "vit-triton", "triton")["args"]
+    )
+    assert "--model-control-mode=explicit" in LocalTriton(Path("/models/cpu")).command()
 
 
 def test_the_gpu_loader_builds_engines_with_the_engines_image():

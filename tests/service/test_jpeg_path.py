@@ -123,3 +123,23 @@ def test_headers_are_checked_on_the_event_loop_only_for_one_short_header(
         pool.shutdown()
     assert got is not None and got.sizes == [(320, 200)] * len(uploads)
     assert triton.sent == [uploads] and pool.jobs == pool_jobs
+
+
+def test_a_version_older_than_the_newest_loaded_is_decoded_here(photo, repository):
+    """While a rollback has the newer version still loaded, the ensemble (which runs the newest)
+    is not the request's version: the gateway decodes, and its tensors name the version."""
+    pool, triton = CountingPool(), SentTriton()
+    path = JpegPath(
+        Settings(model_metadata=repository / "model.json"),
+        JpegEnsembles("_jpeg", "jpeg"),
+        triton,
+        pool,
+    )
+    older = Variant("vit_classify_fp32", "classify", "fp32", 8, version="1", latest=False)
+    try:
+        got = asyncio.run(
+            path.classify(older, [Upload(None, encode(photo, "JPEG"))], "classify", {}, 5.0)
+        )
+    finally:
+        pool.shutdown()
+    assert got is None and triton.sent == [] and pool.jobs == 0

@@ -5,6 +5,7 @@ behaviour against a real Triton is in test_triton_overload.py and test_model_set
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -25,28 +26,38 @@ class FakeClient:
         self.index_delay_s = 0.0
         self.index_error: Exception | None = None
         self.infer_calls: list[int] = []
+        self.versions: list[str] = []  # model_version of each infer call
         self.fail_first_chunk = False
         self.cancelled: list[int] = []
         self.models = ["vit_classify_fp32"]
         self.sent: list[list] = []  # the inputs of each infer call
         self.asked_outputs: list[object] = []  # the outputs= of each infer call
         self.answered = {"logits"}  # the outputs each answer carries
+        self.loaded = ["1"]  # READY versions of each model
+        self.parameters: dict = {}  # the config's parameters (make publish writes some)
 
     async def get_model_repository_index(self, as_json, client_timeout):
         self.index_calls += 1
         await asyncio.sleep(self.index_delay_s)
         if self.index_error is not None:
             raise self.index_error
-        return {"models": [{"name": m, "version": "1", "state": "READY"} for m in self.models]}
+        ready = [(m, v) for m in self.models for v in self.loaded]
+        return {"models": [{"name": m, "version": v, "state": "READY"} for m, v in ready]}
 
     async def get_model_config(self, name, as_json, client_timeout):
         config = {"name": name}
         if self.max_batch_size is not None:
             config["max_batch_size"] = self.max_batch_size
+        if self.parameters:
+            config["parameters"] = self.parameters
         return {"config": config}
 
-    async def infer(self, model, inputs, client_timeout, timeout, outputs=None, headers=None):
+    async def infer(
+        self, model, inputs, model_version="", client_timeout=None, timeout=None, outputs=None,
+        headers=None,
+    ):  # fmt: skip
         n = int(inputs[0].shape()[0])
+        self.versions.append(model_version)
         call = len(self.infer_calls)
         self.infer_calls.append(n)
         self.sent.append(inputs)
@@ -228,5 +239,47 @@ def test_triton_is_asked_for_every_output_and_an_answer_without_one_is_a_502(bac
         fake.answered = {"logits"}
         with pytest.raises(TritonFailed):
             await b.infer(variant, np.zeros((1, 3, 8, 8), np.uint8), ["logits", "rollout_max"], 1.0)
+
+    asyncio.run(scenario())
+
+
+def test_the_served_version_and_its_model_json_come_from_the_config_and_pin_each_call(
+    backend, repository
+):
+    """make publish names the version to serve and its model.json in the config; the variant
+    carries both, is marked not-newest while a newer version is still loaded (a rollback), and
+    every call of the request names its version. Without them: the newest loaded version."""
+    from service.model_info import CONTRACT_PARAMETER, SERVING_VERSION_PARAMETER
+
+    raw = json.loads((repository / "model.json").read_text())
+    raw["labels"] = [f"v1-{label}" for label in raw["labels"]]
+
+    async def scenario():
+        b, fake = await backend()
+        fake.loaded = ["1", "3"]
+        plain = await b.variant("classify", "fp32", 1.0)
+        assert (plain.version, plain.latest, plain.contract) == ("3", True, None)
+        fake.parameters = {
+            SERVING_VERSION_PARAMETER: {"string_value": "1"},
+            CONTRACT_PARAMETER: {"string_value": json.dumps(raw)},
+        }
+        await asyncio.sleep(triton_module.FORCED_REFRESH_MIN_S + 0.1)
+        pinned = (await b.variants(1.0, force=True))[("classify", "fp32")]
+        assert (pinned.version, pinned.latest) == ("1", False)
+        assert pinned.contract is not None and pinned.contract.labels[0] == "v1-0"
+        await b.infer(pinned, np.zeros((6, 3, 32, 32), np.uint8), ["logits"], 1.0)
+        assert fake.versions == ["1", "1"]  # both chunks of the request
+
+    asyncio.run(scenario())
+
+
+def test_a_config_whose_model_json_is_unreadable_is_not_served(backend):
+    from service.model_info import CONTRACT_PARAMETER
+
+    async def scenario():
+        b, fake = await backend()
+        fake.parameters = {CONTRACT_PARAMETER: {"string_value": '{"model_name": "x"}'}}
+        with pytest.raises(TritonUnavailable, match="no classify model is ready"):
+            await b.variant("classify", "fp32", 1.0)
 
     asyncio.run(scenario())

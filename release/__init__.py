@@ -1,0 +1,1 @@
+"""Numbered versions of a served repository, swapped without downtime (make publish)."""
