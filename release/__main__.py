@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from release.served import ReleaseError
@@ -38,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    say = lambda line: print(f"[release] {line}", flush=True)  # noqa: E731
+    started = time.monotonic()
+
+    def say(line: str) -> None:  # each step as it ends (a 224-px model loads for ~20 s per step)
+        print(f"[release {time.monotonic() - started:5.1f} s] {line}", flush=True)
+
     try:
         if args.command == "status":
             for line in status(args.repository, args.target):
