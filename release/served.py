@@ -9,9 +9,12 @@ never reads half a file or half a version directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +124,28 @@ def compact(contract: str) -> str:
     except (KeyError, TypeError, ValueError) as exc:
         raise ReleaseError(f"not a valid model.json: {exc}") from exc
     return json.dumps(raw, separators=(",", ":"))
+
+
+@contextmanager
+def exclusive(repository: Path) -> Iterator[None]:
+    """One publish or rollback at a time on a repository: two would interleave their configs.
+    The lock is the kernel's (flock), so a killed run leaves none behind."""
+    if not repository.is_dir():
+        raise ReleaseError(f"{repository} is not a directory")
+    with (repository / ".release.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ReleaseError(
+                f"a publish or rollback is already running on {repository} ({holder})"
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        yield
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -33,6 +33,7 @@ from release.served import (
     compact,
     copy_atomically,
     copy_version,
+    exclusive,
     read_models,
     remove_version,
     signature,
@@ -210,7 +211,22 @@ def publish(
 ) -> int:
     """The build at `build` (a `make repo` output) becomes the next version of `repository`
     (the served one); returns its number."""
+    if keep < 1:
+        raise ReleaseError("--keep must be at least 1: the served version stays on disk")
     triton.check_mode()
+    with exclusive(repository):
+        return _publish(repository, build, target, triton, drain_s, keep, say)
+
+
+def _publish(
+    repository: Path,
+    build: Path,
+    target: str,
+    triton: Triton,
+    drain_s: float,
+    keep: int,
+    say: Callable[[str], None],
+) -> int:
     served = read_models(repository / target)
     built = {m.name: m for m in read_models(build / target)}
     names = {m.name for m in served}
@@ -275,6 +291,18 @@ def rollback(
 ) -> int:
     """Serve the version before the served one (or `to`) again; returns its number."""
     triton.check_mode()
+    with exclusive(repository):
+        return _rollback(repository, target, triton, to, drain_s, say)
+
+
+def _rollback(
+    repository: Path,
+    target: str,
+    triton: Triton,
+    to: int | None,
+    drain_s: float,
+    say: Callable[[str], None],
+) -> int:
     served = read_models(repository / target)
     olds = {m.serving() for m in served}
     current = max(olds)

@@ -16,7 +16,7 @@ from service import discard_ratio as discard
 from service import explain_method, heatmap, metrics, tracing
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from service.encode import IMAGE_FORMATS, negotiate
-from service.errors import InvalidParameter
+from service.errors import InvalidParameter, ServiceError
 from service.explain_method import Method
 from service.inputs import read_uploads
 from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
@@ -112,11 +112,15 @@ async def explain(
     settings = services.settings
     answer = negotiate(output, request.headers.get("accept"))
     explain_method.check_parameters(method, request.query_params, target_class)
-    variant = await services.triton.variant(
-        explain_method.TRITON_TASK[method],
-        precision or settings.default_precision,
-        settings.readiness_timeout_s,
-    )
+    try:
+        variant = await services.triton.variant(
+            explain_method.TRITON_TASK[method],
+            precision or settings.default_precision,
+            settings.readiness_timeout_s,
+        )
+    except ServiceError:  # nothing to serve it: a target_class that is wrong anyway says so first
+        explain_method.resolve(target_class, services.metadata.labels)
+        raise
     pipeline = services.pipeline(variant)  # the variant's version's preprocessing and labels
     target = explain_method.resolve(target_class, pipeline.metadata.labels)
     if method == "rollout":

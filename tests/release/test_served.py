@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from release.served import BLOCK_MARK, ReleaseError, read_models
-from release.swap import Triton, publish, status
+from release.served import BLOCK_MARK, ReleaseError, exclusive, read_models
+from release.swap import Triton, publish, rollback, status
 from service.model_info import CONTRACT_PARAMETER, SERVING_VERSION_PARAMETER, ModelMetadata
 from tests.release.test_publish import copy_repository
 
@@ -33,7 +33,8 @@ class NoTriton(Triton):
 
 
 def tree(path: Path) -> dict[str, bytes]:
-    files = sorted(p for p in path.rglob("*") if p.is_file())
+    """Every file but the lock (release/served.exclusive), which no server reads."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".release.lock")
     return {str(p.relative_to(path)): p.read_bytes() for p in files}
 
 
@@ -132,3 +133,17 @@ def test_no_triton_at_the_address_is_one_line(tmp_path):
         Triton("127.0.0.1:1").check_mode()
     assert "\n" not in str(error.value)
     assert isinstance(Triton("127.0.0.1:1").client, grpcclient.InferenceServerClient)
+
+
+def test_one_publish_or_rollback_at_a_time(repository, tmp_path):
+    served = copy_repository(repository, tmp_path / "served")
+    other = copy_repository(repository, tmp_path / "other")
+    with exclusive(served):  # another make publish, still running
+        with pytest.raises(ReleaseError, match=r"already running on .*\(pid \d+\)"):
+            publish(served, other, "cpu", NoTriton(), drain_s=0)
+        with pytest.raises(ReleaseError, match="already running"):
+            rollback(served, "cpu", NoTriton(), drain_s=0)
+    with pytest.raises(ReleaseError, match="no version before 1"):  # free again
+        rollback(served, "cpu", NoTriton(), drain_s=0)
+    with pytest.raises(ReleaseError, match=r"is not a directory"):
+        publish(tmp_path / "nowhere", other, "cpu", NoTriton(), drain_s=0)
