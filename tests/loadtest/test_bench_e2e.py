@@ -96,9 +96,12 @@ def test_side_by_side_smoke_run(repository: Path, tmp_path: Path):
         assert s["triton_per_request"]["mean_batch"] >= 1, s
         assert s["triton_per_request"]["compute_ms"] > 0
     assert result["systems"][0]["triton_per_request"] is None
+    # The gateway's CPU of 2 small requests can be under one clock tick (10 ms) too, but not in
+    # every system: it is measured
+    assert sum(s["cpu_ms_per_request"]["gateway"] for s in result["systems"][3:]) > 0
     for s in result["systems"][3:]:  # the gateway's own timings of its answers, and its cores
         cores = s["cores_per_1000_images_per_s"]
-        assert cores["gateway"] == s["cpu_ms_per_request"]["gateway"] > 0
+        assert cores["gateway"] == s["cpu_ms_per_request"]["gateway"] >= 0
         # Triton's CPU of 2 requests can be under one clock tick (10 ms) on the floor model
         triton_ms = s["cpu_ms_per_request"]["triton"]
         assert triton_ms >= 0
