@@ -17,13 +17,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service import names
 from service.errors import InvalidParameter
 
 Method = Literal["rollout", "attribution"]
-TRITON_TASK: dict[str, str] = {"rollout": "explain", "attribution": "attribution"}  # vit_<task>_*
-INPUT_NAME = "target_class"
-OUTPUT_NAME = "attribution"
-TOP1 = -1  # the model's own choice: argmax of the logits, first index on ties
+TRITON_TASK: dict[str, str] = {"rollout": names.EXPLAIN_TASK, "attribution": names.ATTRIBUTION_TASK}
+INPUT_NAME = names.TARGET_CLASS
+OUTPUT_NAME = names.ATTRIBUTION
+TOP1 = names.TOP1  # the model's own choice: argmax of the logits, first index on ties
 ROLLOUT_ONLY = ("head_fusion", "discard_ratio")
 _INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits only (int() would take other scripts' too)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from service import metrics, tracing
+from service import metrics, names, tracing
 from service.inputs import read_uploads
 from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
 from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse, ImageResult
@@ -35,7 +35,7 @@ async def classify(
     services = slot.services
     settings = services.settings
     variant = await services.triton.variant(
-        "classify", precision or settings.default_precision, settings.readiness_timeout_s
+        names.CLASSIFY_TASK, precision or settings.default_precision, settings.readiness_timeout_s
     )
     uploads = await read_uploads(request, settings.max_files)
     tracing.annotate(
@@ -68,9 +68,9 @@ async def classify(
         )
         with metrics.stage(ENDPOINT, "triton", timings):
             out = await services.triton.infer(
-                variant, prepared.tensors, ["logits"], deadline_s(settings, started)
+                variant, prepared.tensors, [names.LOGITS], deadline_s(settings, started)
             )
-        logits, sizes = out["logits"], prepared.sizes
+        logits, sizes = out[names.LOGITS], prepared.sizes
     with metrics.stage(ENDPOINT, "postprocess", timings):
         predictions = pipeline.top_k(logits, top_k)
         results = [

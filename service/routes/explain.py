@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service import discard_ratio as discard
-from service import explain_method, heatmap, metrics, tracing
+from service import explain_method, heatmap, metrics, names, tracing
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from service.encode import IMAGE_FORMATS, negotiate
 from service.errors import InvalidParameter, ServiceError
@@ -125,7 +125,7 @@ async def explain(
     target = explain_method.resolve(target_class, pipeline.metadata.labels)
     if method == "rollout":
         scalars = discard.triton_inputs(variant, discard_ratio)
-        map_output = f"rollout_{head_fusion}"
+        map_output = names.rollout_output(head_fusion)
     else:
         scalars = explain_method.triton_inputs(target)
         map_output = explain_method.OUTPUT_NAME
@@ -163,18 +163,18 @@ async def explain(
         out = await services.triton.infer(
             variant,
             prepared.tensors,
-            ["logits", map_output],
+            [names.LOGITS, map_output],
             deadline_s(settings, started),
             scalars,
         )
     with metrics.stage(ENDPOINT, "postprocess", timings):
-        predictions = pipeline.top_k(out["logits"], top_k)
+        predictions = pipeline.top_k(out[names.LOGITS], top_k)
         # Attribution relevance is raw (unbounded): shown the way rollout maps are, min-max.
         grids = [heatmap.normalise(g) for g in out[map_output]]
         explained: Sequence[Prediction | None] = [None] * len(uploads)
         if method == "attribution":
-            classes = explain_method.explained_index(out["logits"], target)
-            explained = pipeline.predictions(out["logits"], classes)
+            classes = explain_method.explained_index(out[names.LOGITS], target)
+            explained = pipeline.predictions(out[names.LOGITS], classes)
     pngs: list[bytes | None] = [None] * len(uploads)
     if render:
         with metrics.stage(ENDPOINT, "render", timings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from service import names
 from service.deps import ServicesDep
 from service.metrics import render_latest
 from service.schemas import ErrorResponse, Health
@@ -23,8 +24,8 @@ async def readyz(services: ServicesDep) -> Health | JSONResponse:
     """Triton is reachable and the default precision's classify and explain models are ready."""
     settings = services.settings
     models = [
-        f"{settings.model_prefix}_{task}_{settings.default_precision}"
-        for task in ("classify", "explain")
+        names.model_name(settings.model_prefix, task, settings.default_precision)
+        for task in (names.CLASSIFY_TASK, names.EXPLAIN_TASK)
     ]
     ok, detail = await services.triton.ready(models, settings.readiness_timeout_s)
     if ok:

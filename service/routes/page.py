@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from service import names
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP, hex_table
 from service.deps import ServicesDep
 from service.discard_ratio import supported
@@ -53,13 +54,13 @@ async def info(services: ServicesDep) -> Info:
     except ServiceError as exc:  # the page still loads and says why nothing can be explained
         triton_error = exc.message
     else:
-        default = variants.get(("classify", settings.default_precision))
+        default = variants.get((names.CLASSIFY_TASK, settings.default_precision))
         if default:  # what its served version says, not what the gateway started with
             metadata, version = services.contract(default), default.version or None
         for (task, precision), variant in sorted(variants.items()):
-            if task == "classify":
+            if task == names.CLASSIFY_TASK:
                 classify.append(precision)
-            elif task == "attribution":
+            elif task == names.ATTRIBUTION_TASK:
                 attribution.append(precision)
             else:
                 explain.append(
