@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -34,18 +34,19 @@ DESCRIPTION = (
 )
 
 
-def check_parameters(method: Method, query: Mapping[str, str], target: str | None) -> None:
-    """Refuse what the other method takes (only what the request names: defaults are fine)."""
+def check_parameters(method: Method, given: Container[str], target: str | None) -> None:
+    """Refuse what the other method takes (only what the request names, `given`: defaults are
+    fine)."""
     if method == "rollout" and target is not None:
         raise InvalidParameter(
             "target_class needs method=attribution: rollout is class-agnostic (one map for every "
             "class); send method=attribution&target_class=... for a class-specific map"
         )
     if method == "attribution":
-        given = " and ".join(name for name in ROLLOUT_ONLY if name in query)
-        if given:
+        named = " and ".join(name for name in ROLLOUT_ONLY if name in given)
+        if named:
             raise InvalidParameter(
-                f"method=attribution does not take {given} (rollout parameters): leave them out, "
+                f"method=attribution does not take {named} (rollout parameters): leave them out, "
                 "or use method=rollout"
             )
 

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request
 
 from service import metrics, names, tracing
 from service.inputs import read_uploads
-from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
+from service.queries import ClassifyQuery
+from service.routes.common import InferenceSlot, deadline_s, served_model
 from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse, ImageResult
 
 router = APIRouter()
@@ -23,19 +24,15 @@ ENDPOINT = "classify"
     openapi_extra=IMAGE_REQUEST_BODY,
 )
 async def classify(
-    request: Request,
-    slot: InferenceSlot,
-    top_k: Annotated[
-        int,
-        Query(ge=1, le=1000, description="classes per image (capped at the model's class count)"),
-    ] = 5,
-    precision: PRECISION_QUERY = None,
+    request: Request, slot: InferenceSlot, query: Annotated[ClassifyQuery, Query()]
 ) -> ClassifyResponse:
     """Classify one or more images; one result per image, in request order."""
     services = slot.services
     settings = services.settings
     variant = await services.triton.variant(
-        names.CLASSIFY_TASK, precision or settings.default_precision, settings.readiness_timeout_s
+        names.CLASSIFY_TASK,
+        query.precision or settings.default_precision,
+        settings.readiness_timeout_s,
     )
     uploads = await read_uploads(request, settings.max_files)
     tracing.annotate(
@@ -72,7 +69,7 @@ async def classify(
             )
         logits, sizes = out[names.LOGITS], prepared.sizes
     with metrics.stage(ENDPOINT, "postprocess", timings):
-        predictions = pipeline.top_k(logits, top_k)
+        predictions = pipeline.top_k(logits, query.top_k)
         results = [
             ImageResult(
                 index=i,

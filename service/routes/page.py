@@ -4,7 +4,6 @@ which tells the page (and anyone) what the gateway serves right now."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
@@ -16,7 +15,6 @@ from service.deps import ServicesDep
 from service.discard_ratio import supported
 from service.encode import OUTPUT_MEDIA_TYPES
 from service.errors import ServiceError
-from service.routes.explain import HeadFusion
 from service.schemas import ExplainModelInfo, Info
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -78,7 +76,7 @@ async def info(services: ServicesDep) -> Info:
         explain=explain,
         attribution=attribution,
         triton_error=triton_error,
-        head_fusions=list(get_args(HeadFusion)),
+        head_fusions=list(names.HEAD_FUSIONS),
         outputs=list(OUTPUT_MEDIA_TYPES),
         colormaps={name: hex_table(name) for name in COLORMAPS},
         default_colormap=DEFAULT_COLORMAP,
