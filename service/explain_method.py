@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service import names
+from service import discard_ratio, names
 from service.errors import InvalidParameter
+from service.triton import Variant
 
 Method = Literal["rollout", "attribution"]
 TRITON_TASK: dict[str, str] = {"rollout": names.EXPLAIN_TASK, "attribution": names.ATTRIBUTION_TASK}
@@ -82,6 +83,17 @@ def resolve(target: str | None, labels: Sequence[str]) -> int:
 
 def triton_inputs(index: int) -> dict[str, np.generic]:
     return {INPUT_NAME: np.int32(index)}
+
+
+def model_call(
+    method: Method, variant: Variant, target: int, head_fusion: str, ratio: float
+) -> tuple[str, dict[str, np.generic]]:
+    """The map output to ask the variant for and the scalar inputs to send it: rollout's output
+    for the head fusion, with the discard ratio when the model takes one; attribution's map, with
+    the class to explain."""
+    if method == "rollout":
+        return names.rollout_output(head_fusion), discard_ratio.triton_inputs(variant, ratio)
+    return OUTPUT_NAME, triton_inputs(target)
 
 
 def explained_index(logits: np.ndarray, index: int) -> np.ndarray:

@@ -1,23 +1,19 @@
-"""Small pieces both inference routes use."""
+"""Small pieces both inference routes use: their one dependency and their answers' model block."""
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service import metrics
-from service.config import Settings
 from service.deps import Admission, Services
 from service.errors import InvalidParameter
 from service.queries import NUMBER_PARAMETERS
 from service.schemas import ServedModel
 from service.triton import Variant
-
-MIN_TRITON_BUDGET_S = 0.05
 
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -49,12 +45,6 @@ async def inference_slot(request: Request) -> AsyncIterator[Admission]:
 
 
 InferenceSlot = Annotated[Admission, Depends(inference_slot)]
-
-
-def deadline_s(settings: Settings, started: float) -> float:
-    """What is left of the request's deadline for the Triton call."""
-    spent = time.perf_counter() - started
-    return max(MIN_TRITON_BUDGET_S, settings.request_timeout_s - spent)
 
 
 def served_model(services: Services, variant: Variant) -> ServedModel:
