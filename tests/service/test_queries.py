@@ -49,7 +49,7 @@ def test_the_query_models_take_what_the_contract_serves():
 
 
 @pytest.mark.parametrize("module", ["page.py", "health.py"])
-def test_no_route_module_imports_another(module):
+def test_page_and_health_import_no_route_module(module):
     tree = ast.parse((Path(queries.__file__).parent / "routes" / module).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {m for m in imported if m.startswith("service.routes")}
