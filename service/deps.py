@@ -32,6 +32,15 @@ class Services:
         """The model.json of the version the variant names (make publish), else MODEL_METADATA's."""
         return variant.contract or self.metadata
 
+    async def variant(self, task: str, precision: str | None) -> Variant:
+        """The model serving `task` at `precision` (DEFAULT_PRECISION when None) and the version
+        new requests go to; InvalidParameter if that precision is not served, TritonUnavailable
+        if none is."""
+        settings = self.settings
+        return await self.triton.variant(
+            task, precision or settings.default_precision, settings.readiness_timeout_s
+        )
+
     def pipeline(self, variant: Variant) -> Pipeline:
         """Preprocessing and labels of the variant's version: a request served wholly by it."""
         contract = self.contract(variant)

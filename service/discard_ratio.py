@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from service import names
 from service.errors import InvalidParameter
 from service.triton import Variant
 
-INPUT_NAME = "discard_ratio"
+INPUT_NAME = names.DISCARD_RATIO
 # The model takes FP32: a ratio just below 1 (e.g. 0.9999999999999998, valid for the API's r < 1)
 # rounds to 1.0 there, which the model refuses. It is sent as the largest FP32 below 1 instead.
 FP32_BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))

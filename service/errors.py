@@ -2,7 +2,8 @@
 
 Everything a client can get wrong, and everything Triton can answer, is mapped to one of these
 (Triton errors in service/triton.py, upload problems in service/images.py and service/inputs.py);
-one handler in service/main.py turns them into JSON: {"error": {"code": ..., "message": ...}}.
+service/errors_http.py turns them into answers whose body is envelope()'s JSON: {"error": {"code":
+..., "message": ...}}, the one error body the API sends.
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 
+def envelope(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The JSON body of every error answer (schemas.ErrorResponse documents it)."""
+    return {"error": {"code": code, "message": message}}
+
+
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
     headers: ClassVar[dict[str, str]] = {}  # sent with the answer (besides Retry-After)
+    logged: ClassVar[bool] = True  # a 5xx answer is logged as a warning
 
     def __init__(self, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
@@ -80,6 +87,13 @@ class DeadlineExceeded(ServiceError):
     """The request's deadline passed while its images waited for the decode pool (busy)."""
 
     status, code = 503, "deadline_exceeded"
+
+
+class NotReady(ServiceError):
+    """/readyz: Triton or a default model is not ready (probes ask often: not logged)."""
+
+    status, code = 503, "not_ready"
+    logged = False
 
 
 class TritonUnavailable(ServiceError):

@@ -12,18 +12,20 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
+from service import discard_ratio, names
 from service.errors import InvalidParameter
+from service.triton import Variant
 
 Method = Literal["rollout", "attribution"]
-TRITON_TASK: dict[str, str] = {"rollout": "explain", "attribution": "attribution"}  # vit_<task>_*
-INPUT_NAME = "target_class"
-OUTPUT_NAME = "attribution"
-TOP1 = -1  # the model's own choice: argmax of the logits, first index on ties
+TRITON_TASK: dict[str, str] = {"rollout": names.EXPLAIN_TASK, "attribution": names.ATTRIBUTION_TASK}
+INPUT_NAME = names.TARGET_CLASS
+OUTPUT_NAME = names.ATTRIBUTION
+TOP1 = names.TOP1  # the model's own choice: argmax of the logits, first index on ties
 ROLLOUT_ONLY = ("head_fusion", "discard_ratio")
 _INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits only (int() would take other scripts' too)
 
@@ -33,18 +35,19 @@ DESCRIPTION = (
 )
 
 
-def check_parameters(method: Method, query: Mapping[str, str], target: str | None) -> None:
-    """Refuse what the other method takes (only what the request names: defaults are fine)."""
+def check_parameters(method: Method, given: Container[str], target: str | None) -> None:
+    """Refuse what the other method takes (only what the request names, `given`: defaults are
+    fine)."""
     if method == "rollout" and target is not None:
         raise InvalidParameter(
             "target_class needs method=attribution: rollout is class-agnostic (one map for every "
             "class); send method=attribution&target_class=... for a class-specific map"
         )
     if method == "attribution":
-        given = " and ".join(name for name in ROLLOUT_ONLY if name in query)
-        if given:
+        named = " and ".join(name for name in ROLLOUT_ONLY if name in given)
+        if named:
             raise InvalidParameter(
-                f"method=attribution does not take {given} (rollout parameters): leave them out, "
+                f"method=attribution does not take {named} (rollout parameters): leave them out, "
                 "or use method=rollout"
             )
 
@@ -80,6 +83,17 @@ def resolve(target: str | None, labels: Sequence[str]) -> int:
 
 def triton_inputs(index: int) -> dict[str, np.generic]:
     return {INPUT_NAME: np.int32(index)}
+
+
+def model_call(
+    method: Method, variant: Variant, target: int, head_fusion: str, ratio: float
+) -> tuple[str, dict[str, np.generic]]:
+    """The map output to ask the variant for and the scalar inputs to send it: rollout's output
+    for the head fusion, with the discard ratio when the model takes one; attribution's map, with
+    the class to explain."""
+    if method == "rollout":
+        return names.rollout_output(head_fusion), discard_ratio.triton_inputs(variant, ratio)
+    return OUTPUT_NAME, triton_inputs(target)
 
 
 def explained_index(logits: np.ndarray, index: int) -> np.ndarray:

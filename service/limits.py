@@ -5,7 +5,6 @@ queue)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.errors import BadRequest, Overloaded, PayloadTooLarge, RequestTimeout
+from service.errors_http import service_error_response
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
@@ -72,19 +72,11 @@ class BodySizeLimit:
 
 
 async def _send_error(send: Send, error: BadRequest | PayloadTooLarge) -> None:
-    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    """The error's answer as every route sends it (service/errors_http.py), connection closed."""
+    answer = service_error_response(error)
+    headers = [*answer.raw_headers, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 class InFlightLimiter:

@@ -39,6 +39,7 @@ from service.errors import (
     TritonUnavailable,
 )
 from service.model_info import CONTRACT_PARAMETER, SERVING_VERSION_PARAMETER, ModelMetadata
+from service.names import TASKS  # vit_<task>_<precision> on Triton
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Ping Triton every 30 s, also between requests, so a connection dropped by a NAT, a load balancer
@@ -51,7 +52,6 @@ CATALOG_REFRESH_S = 2.0
 FORCED_REFRESH_MIN_S = 0.5  # an unknown precision looks again at most this often
 
 log = logging.getLogger("service.triton")
-TASKS = ("classify", "explain", "attribution")  # vit_<task>_<precision> on Triton
 
 
 @dataclass(frozen=True)

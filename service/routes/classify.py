@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from service import metrics, tracing
+from service import inference, metrics, names
 from service.inputs import read_uploads
-from service.routes.common import PRECISION_QUERY, InferenceSlot, deadline_s, served_model
+from service.queries import ClassifyQuery
+from service.routes.common import InferenceSlot, served_model
 from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse, ImageResult
 
 router = APIRouter()
@@ -23,67 +23,24 @@ ENDPOINT = "classify"
     openapi_extra=IMAGE_REQUEST_BODY,
 )
 async def classify(
-    request: Request,
-    slot: InferenceSlot,
-    top_k: Annotated[
-        int,
-        Query(ge=1, le=1000, description="classes per image (capped at the model's class count)"),
-    ] = 5,
-    precision: PRECISION_QUERY = None,
+    request: Request, slot: InferenceSlot, query: Annotated[ClassifyQuery, Query()]
 ) -> ClassifyResponse:
     """Classify one or more images; one result per image, in request order."""
     services = slot.services
-    settings = services.settings
-    variant = await services.triton.variant(
-        "classify", precision or settings.default_precision, settings.readiness_timeout_s
-    )
-    uploads = await read_uploads(request, settings.max_files)
-    tracing.annotate(
-        {
-            "vit.endpoint": ENDPOINT,
-            "vit.model": variant.name,
-            "vit.precision": variant.precision,
-            "vit.images": len(uploads),
-        }
-    )
-    metrics.IMAGES_PER_REQUEST.labels(ENDPOINT).observe(len(uploads))
-    started = slot.enter(uploads, variant, display_side=None)
-    pipeline = services.pipeline(variant)  # the variant's version's preprocessing and labels
-    timings: dict[str, float] = {}
-    # JPEG bytes to Triton's DALI ensemble where the repository has one (service/jpeg_path.py)
-    sent = services.jpeg and await services.jpeg.classify(
-        variant, uploads, ENDPOINT, timings, deadline_s(settings, started)
-    )
-    tracing.annotate({"vit.input": "jpeg" if sent else "pixels"})  # JPEG bytes or our decode
-    if sent:
-        logits, sizes = sent.logits, sent.sizes
-    else:
-        prepared = await pipeline.prepare(
-            uploads,
-            ENDPOINT,
-            timings,
-            shortcuts=True,
-            display_side=None,
-            deadline=started + settings.request_timeout_s,
-        )
-        with metrics.stage(ENDPOINT, "triton", timings):
-            out = await services.triton.infer(
-                variant, prepared.tensors, ["logits"], deadline_s(settings, started)
-            )
-        logits, sizes = out["logits"], prepared.sizes
-    with metrics.stage(ENDPOINT, "postprocess", timings):
-        predictions = pipeline.top_k(logits, top_k)
+    variant = await services.variant(names.CLASSIFY_TASK, query.precision)
+    uploads = await read_uploads(request, services.settings.max_files)
+    done = await inference.infer(slot, ENDPOINT, variant, uploads, [names.LOGITS], shortcuts=True)
+    with metrics.stage(ENDPOINT, "postprocess", done.timings):
+        predictions = done.pipeline.top_k(done.outputs[names.LOGITS], query.top_k)
         results = [
             ImageResult(
-                index=i,
-                filename=upload.filename,
-                width=size[0],
-                height=size[1],
-                predictions=preds,
+                index=i, filename=upload.filename, width=size[0], height=size[1], predictions=top
             )
-            for i, (upload, size, preds) in enumerate(zip(uploads, sizes, predictions, strict=True))
+            for i, (upload, size, top) in enumerate(
+                zip(uploads, done.sizes, predictions, strict=True)
+            )
         ]
-    timings["total"] = round(1000 * (time.perf_counter() - started), 3)
+    timings = done.total()
     return ClassifyResponse(
         model=served_model(services, variant), results=results, timings_ms=timings
     )

@@ -1,40 +1,26 @@
-"""Small pieces both inference routes use."""
+"""Small pieces both inference routes use: their one dependency and their answers' model block."""
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 
 from service import metrics
-from service.config import Settings
 from service.deps import Admission, Services
 from service.errors import InvalidParameter
+from service.queries import NUMBER_PARAMETERS
 from service.schemas import ServedModel
 from service.triton import Variant
 
-MIN_TRITON_BUDGET_S = 0.05
-
-PRECISION_QUERY = Annotated[
-    str | None,
-    Query(
-        pattern="^[a-z0-9]{1,16}$",
-        description="model variant, e.g. fp32, fp16, int8: whatever the repository serves "
-        "(default: DEFAULT_PRECISION, fp32 unless configured)",
-    ),
-]
-
-
-# Number-valued query parameters of /classify and /explain, checked as written.
-NUMBER_PARAMETERS = ("top_k", "alpha", "max_side", "discard_ratio")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def check_plain_numbers(request: Request) -> None:
-    """Number parameters exactly as written in ASCII. Pydantic alone also reads ' 9', '9\u00a0'
+    """Number parameters (those the query models read as int or float, service/queries.py)
+    exactly as written in ASCII. Pydantic alone also reads ' 9', '9\u00a0'
     (a no-break space) and '1_0' as numbers, which the OpenAPI types do not allow (schemathesis
     found the no-break space accepted). Checked on the raw query so the schema's own bounds stay
     as they are."""
@@ -59,12 +45,6 @@ async def inference_slot(request: Request) -> AsyncIterator[Admission]:
 
 
 InferenceSlot = Annotated[Admission, Depends(inference_slot)]
-
-
-def deadline_s(settings: Settings, started: float) -> float:
-    """What is left of the request's deadline for the Triton call."""
-    spent = time.perf_counter() - started
-    return max(MIN_TRITON_BUDGET_S, settings.request_timeout_s - spent)
 
 
 def served_model(services: Services, variant: Variant) -> ServedModel:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from service import names
 from service.deps import ServicesDep
+from service.errors import NotReady
 from service.metrics import render_latest
 from service.schemas import ErrorResponse, Health
 
@@ -19,21 +21,17 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
-async def readyz(services: ServicesDep) -> Health | JSONResponse:
+async def readyz(services: ServicesDep) -> Health:
     """Triton is reachable and the default precision's classify and explain models are ready."""
     settings = services.settings
     models = [
-        f"{settings.model_prefix}_{task}_{settings.default_precision}"
-        for task in ("classify", "explain")
+        names.model_name(settings.model_prefix, task, settings.default_precision)
+        for task in (names.CLASSIFY_TASK, names.EXPLAIN_TASK)
     ]
     ok, detail = await services.triton.ready(models, settings.readiness_timeout_s)
-    if ok:
-        return Health(status="ready", detail=", ".join(models))
-    return JSONResponse(
-        {"error": {"code": "not_ready", "message": detail}},
-        status_code=503,
-        headers={"Retry-After": str(settings.retry_after_s)},
-    )
+    if not ok:
+        raise NotReady(detail, settings.retry_after_s)
+    return Health(status="ready", detail=", ".join(models))
 
 
 @router.get("/metrics", response_class=Response)

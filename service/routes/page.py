@@ -4,18 +4,17 @@ which tells the page (and anyone) what the gateway serves right now."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from service import names
 from service.colormaps import COLORMAPS, DEFAULT_COLORMAP, hex_table
 from service.deps import ServicesDep
 from service.discard_ratio import supported
 from service.encode import OUTPUT_MEDIA_TYPES
 from service.errors import ServiceError
-from service.routes.explain import HeadFusion
 from service.schemas import ExplainModelInfo, Info
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -53,13 +52,13 @@ async def info(services: ServicesDep) -> Info:
     except ServiceError as exc:  # the page still loads and says why nothing can be explained
         triton_error = exc.message
     else:
-        default = variants.get(("classify", settings.default_precision))
+        default = variants.get((names.CLASSIFY_TASK, settings.default_precision))
         if default:  # what its served version says, not what the gateway started with
             metadata, version = services.contract(default), default.version or None
         for (task, precision), variant in sorted(variants.items()):
-            if task == "classify":
+            if task == names.CLASSIFY_TASK:
                 classify.append(precision)
-            elif task == "attribution":
+            elif task == names.ATTRIBUTION_TASK:
                 attribution.append(precision)
             else:
                 explain.append(
@@ -77,7 +76,7 @@ async def info(services: ServicesDep) -> Info:
         explain=explain,
         attribution=attribution,
         triton_error=triton_error,
-        head_fusions=list(get_args(HeadFusion)),
+        head_fusions=list(names.HEAD_FUSIONS),
         outputs=list(OUTPUT_MEDIA_TYPES),
         colormaps={name: hex_table(name) for name in COLORMAPS},
         default_colormap=DEFAULT_COLORMAP,
