@@ -87,13 +87,13 @@ def test_config_parses_and_matches_onnx(repository, contract, target, task, prec
 def test_every_model_shares_the_execution_slots_and_caches_where_it_can(
     repository, target, task, precision
 ):
-    """Sharing one machine (README "Sharing one GPU"): every instance takes one execution slot
-    from the rate limiter, /explain's and attribution's also an explain slot (the launcher and
-    deploy/ size the pools: one explain slot fewer, so /classify always has a slot), /classify
-    with the lowest weight, so a waiting /classify runs first; every model answers repeats from
-    Triton's response cache but the gpu classify models, whose image arrives from DALI in GPU
-    memory on a --preprocess dali build (Triton hashes CPU inputs only): their JPEG ensembles
-    cache instead."""
+    """Sharing one machine (docs/operations.md "Sharing one GPU"): every instance takes one
+    execution slot from the rate limiter, /explain's and attribution's also an explain slot (the
+    launcher and deploy/ size the pools: one explain slot fewer, so /classify always has a slot),
+    /classify with the lowest weight, so a waiting /classify runs first; every model answers
+    repeats from Triton's response cache but the gpu classify models, whose image arrives from
+    DALI in GPU memory on a --preprocess dali build (Triton hashes CPU inputs only): their JPEG
+    ensembles cache instead."""
     skip_unless_served(repository, target, task, precision)
     config = parse(repository / target / model_name(task, precision) / "config.pbtxt")
     (group,) = config.instance_group

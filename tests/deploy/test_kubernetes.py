@@ -225,9 +225,9 @@ def test_pods_running_plans_are_pinned_to_the_documented_gpu_product(rendering):
     assert spec["nodeSelector"] == {gpu_product.LABEL: product}
     configs = [d["metadata"]["name"] for d in rendered(rendering) if d["kind"] == "ConfigMap"]
     assert not any(n.startswith("vit-gpu-product") for n in configs)  # read, never applied
-    readme = (ROOT / "README.md").read_text()
-    assert "deploy/kubernetes/components/gpu-product/gpu-product.env" in readme
-    assert "python -m build.gpu_product" in readme
+    steps = (ROOT / "docs" / "deploy.md").read_text()  # Kubernetes: GPU product
+    assert "deploy/kubernetes/components/gpu-product/gpu-product.env" in steps
+    assert "python -m build.gpu_product" in steps
 
 
 def test_pods_without_tensorrt_are_not_pinned():
