@@ -36,7 +36,7 @@ import httpx
 
 from loadtest import floor, processes
 from loadtest.corpus import default_corpus
-from local_triton.serve import gateway_command
+from local_triton.gateway import LocalGateway
 from service import tracing
 from tests.otlp_receiver import OtlpReceiver
 
@@ -53,17 +53,21 @@ CONFIGS = {
 }
 
 
-def gateway(name: str, grpc_port: int, repository: Path, env: dict, logs: Path):
-    port = processes.free_port()
-    command = [*gateway_command("127.0.0.1", port, 1), "--log-level", "warning"]
-    env = {
-        "TRITON_URL": f"127.0.0.1:{grpc_port}",
-        "MODEL_METADATA": str(repository / "model.json"),
-        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-tracing-metrics-"),
-        **env,
-    }
+def gateway(
+    name: str, grpc_port: int, repository: Path, env: dict[str, str], logs: Path
+) -> LocalGateway:
+    """A started one-worker gateway (as `make serve` runs it) at the benches' niceness."""
     log = (logs / f"{name.replace(' ', '_').replace(',', '')}.log").open("w")
-    return processes.start_uvicorn(name, command, port, env, log)
+    return LocalGateway(
+        f"127.0.0.1:{grpc_port}",
+        repository / "model.json",
+        settings=env,
+        log=log,
+        metrics_dir=Path(tempfile.mkdtemp(prefix="bench-tracing-metrics-")),
+        niceness=processes.SERVER_NICENESS,
+        ready_timeout_s=processes.READY_TIMEOUT_S,
+        name=name,
+    ).start()
 
 
 def cpu_ms_per_request(server, bodies: list[bytes], requests: int) -> float:
@@ -101,7 +105,7 @@ def end_to_end(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, dict]
                 print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rounds.items()))
         finally:
             for server in servers.values():
-                processes.stop(server)
+                server.stop()
             triton.stop()
         spans = len(receiver.spans())
     base = statistics.median(rounds["off, no access log"])

@@ -43,12 +43,13 @@ def fault_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fault_triton(fault_repository: Path, tmp_path: Path) -> Iterator[LocalTriton]:
-    log = (tmp_path / "tritonserver.log").open("w")
-    triton = LocalTriton(fault_repository / "cpu", free_ports(), log=log).start()
-    yield triton
-    triton.stop()
-    _kill_group(triton)
-    log.close()
+    with (tmp_path / "tritonserver.log").open("w") as log:
+        triton = LocalTriton(fault_repository / "cpu", free_ports(), log=log)
+        try:
+            yield triton.start()
+        finally:
+            triton.stop()
+            _kill_group(triton)
 
 
 def _kill_group(triton: LocalTriton) -> None:
