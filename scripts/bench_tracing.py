@@ -36,9 +36,9 @@ import httpx
 
 from loadtest import floor, processes
 from loadtest.corpus import default_corpus
+from loadtest.otlp_receiver import OtlpReceiver
 from local_triton.gateway import LocalGateway
 from service import tracing
-from tests.otlp_receiver import OtlpReceiver
 
 OUT = Path("docs/benchmarks/tracing-cost")
 MODEL = "vit_classify_fp32"

@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from local_triton.procfs import tree_rss_bytes  # noqa: E402
 from tests.hardening.load import OpenLoop, Shot  # noqa: E402
-from tests.hardening.processes import tree_rss_bytes  # noqa: E402
 
 P99_DRIFT = 0.20
 RSS_GROWTH = 0.10

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from local_triton.launcher import LocalTriton
+from local_triton.procfs import children, established_on_port
 from tests.hardening import probe_repository
 from tests.hardening.hostile_images import encode, photo
 from tests.hardening.load import OpenLoop, Shot
-from tests.hardening.processes import children, established_on_port
 from tests.helpers import free_ports, start_gateway, stop_gateway
 
 DEADLINE_S = 2.0  # REQUEST_TIMEOUT_S of the gateways here
