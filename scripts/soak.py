@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtest.openloop import BackgroundLoad, Shot  # noqa: E402
 from local_triton.procfs import tree_rss_bytes  # noqa: E402
-from tests.hardening.load import OpenLoop, Shot  # noqa: E402
 
 P99_DRIFT = 0.20
 RSS_GROWTH = 0.10
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             url, gateway_pid, triton_pid = start_stack(stack, args.repository, args.out)
             pids = {"gateway": gateway_pid, "triton": triton_pid}
         sampler = RssSampler(pids)
-        load = OpenLoop(
+        load = BackgroundLoad(
             url,
             args.image.read_bytes(),
             rate,
