@@ -157,11 +157,11 @@ def slow_triton(tmp_path_factory):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(config)
         (repo / name / "1" / "model.py").write_text(code)
-    log = (repo.parent / "slow-triton.log").open("w")
-    server = LocalTriton(Path(repo), free_ports(), log=log).start()
-    yield server
-    server.stop()
-    log.close()
+    with (
+        (repo.parent / "slow-triton.log").open("w") as log,
+        LocalTriton(Path(repo), free_ports(), log=log) as server,
+    ):
+        yield server
 
 
 def post_many(
