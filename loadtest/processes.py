@@ -20,8 +20,6 @@ from local_triton.gateway import ROOT, LocalGateway, terminate, wait_until_healt
 from local_triton.launcher import LocalTriton, Ports
 from local_triton.procfs import cpu_seconds, free_port, lower_priority
 
-__all__ = ["ROOT", "cpu_seconds", "free_port", "lower_priority"]  # used from here by the benches
-
 # The servers run this much nicer than the load generator. The generator stands in for clients
 # on other machines: sharing 2 cores with a saturated server, it fell behind its schedule before
 # the server did (runs marked invalid at 32 req/s while p99 was 300 ms). At +5 the servers still

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from local_triton.gateway import ROOT, LocalGateway
+from local_triton.gateway import ROOT as ROOT  # re-exported: the tests take it from here
+from local_triton.gateway import LocalGateway
 from local_triton.launcher import Ports
-from local_triton.procfs import free_port
-
-__all__ = ["ROOT", "free_port"]  # re-exported for the tests
+from local_triton.procfs import free_port as free_port  # re-exported, as ROOT
 
 # What the tests' gateways differ in from `make serve`'s: no access log line per request (as
 # --log-level warning quiets uvicorn's), a shorter graceful shutdown, a minute to be ready.
