@@ -30,6 +30,7 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from local_triton import pbtxt
+from local_triton.procfs import free_port
 from local_triton.progress import LoadProgress, LogFollower, repository_models, session_cpu_seconds
 
 # Read by the python models (build/triton_python_model.py; build/runtimes.OPENVINO_CACHE_ENV):
@@ -55,6 +56,11 @@ class Ports:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Three loopback ports nothing listens on now (tests, benches: several at once)."""
+        return cls(free_port(), free_port(), free_port())
 
 
 @dataclass(frozen=True)

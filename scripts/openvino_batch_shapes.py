@@ -18,8 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 MODES = ("buckets", "dynamic")
 
@@ -29,7 +33,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def feeds(model, batch: int) -> dict[str, np.ndarray]:
+def feeds(model: ov.Model, batch: int) -> dict[str, np.ndarray]:
     out = {}
     for port in model.inputs:
         name = port.get_any_name()
@@ -58,7 +62,7 @@ def measure(path: str, mode: str, max_batch: int, threads: int) -> dict:
     batches = batch_buckets(max_batch)
     start_rss, start_cpu = rss_mb(), time.process_time()
 
-    def shaped(first):
+    def shaped(first: int | ov.Dimension) -> ov.InferRequest:
         m = model.clone()
         shapes = {}
         for port in m.inputs:

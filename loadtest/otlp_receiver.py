@@ -1,5 +1,6 @@
-"""A real OTLP trace receiver for the tests: the collector's two protocols on free loopback ports,
-built on opentelemetry-proto's TraceService messages (no Collector binary installs from PyPI).
+"""A real OTLP trace receiver, for the tests and scripts/bench_tracing.py: the collector's two
+protocols on free loopback ports, built on opentelemetry-proto's TraceService messages (no
+Collector binary installs from PyPI).
 
   * OTLP/gRPC (TraceService/Export): what the gateway's exporter speaks (OTEL_EXPORTER_OTLP_*);
   * OTLP/HTTP (POST /v1/traces, protobuf or JSON body, gzip or not): the only protocol Triton's
@@ -24,7 +25,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.helpers import free_port
+from local_triton.procfs import free_port
 
 
 @dataclass(frozen=True)
