@@ -158,7 +158,7 @@ class ResponseCache:
     equal an earlier one's is answered from memory without running the model. Only models whose
     config says `response_cache { enable: true }` use it (build/repository.response_cache). LRU
     eviction within size_bytes, allocated at start. The same size is in docker-compose.yml and
-    deploy/ (checked by a test); README "Sharing one GPU" says how to size it from
+    deploy/ (checked by a test); docs/operations.md "Sharing one GPU" says how to size it from
     nv_cache_num_evictions and the hit ratio."""
 
     size_bytes: int = 128 * 2**20  # ~20,000 answers of a 1000-class ViT-B/16 explain model

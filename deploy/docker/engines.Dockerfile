@@ -1,7 +1,7 @@
 # The engines step (compose `engines`, make engines): NVIDIA's TensorRT container with the Python
 # packages the engine builder and its checks need (requirements/engines.txt; requirements/dali.txt
 # for the JPEG ensembles' check, build/ensemble_check.py) installed at build time, so a GPU host
-# runs it without network access (README "Air-gapped GPU hosts"). The source
+# runs it without network access (docs/gpu.md "Air-gapped GPU hosts"). The source
 # (build/) is in the image for the Kubernetes loader (deploy/kubernetes/loader/gpu); compose mounts
 # the checkout's build/ over it, so there a source change needs no rebuild.
 # Its YY.MM is the Triton image's: an engine loads only on the TensorRT that built it.
