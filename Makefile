@@ -93,11 +93,11 @@ versions: $(STAMP)
 	$(BIN)/python -m release status --repository $(REPO) --target $(TARGET)
 
 bench: $(STAMP) $(BUILT)
-	$(BIN)/python -m build.bench $(ARGS)
+	$(BIN)/python -m build.bench.throughput $(ARGS)
 
 # Deletion test of the explanation maps on the default (digits) model's held-out images.
 bench-faithfulness: $(STAMP) $(BUILT)
-	$(BIN)/python -m build.faithfulness $(ARGS)
+	$(BIN)/python -m build.bench.faithfulness $(ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest $(ARGS)

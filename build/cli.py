@@ -28,25 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import (
-    dali_gate,
-    dali_pipeline,
-    ensemble_check,
-    evaluate,
-    export,
-    precision,
-    repository,
-    runtimes,
-    source,
-    staging,
-    tensorrt_ops,
-    verify,
-    visual_report,
-)
+from build.checks import dali_gate, evaluate, tensorrt_ops, verify
+from build.checks.gates import GateRefused, apply_gates, raise_if_refused, served_attribution
 from build.contract import ModelContract, preprocessing, token_layout
-from build.gates import GateRefused, apply_gates, raise_if_refused, served_attribution
-from build.graphs import AttributionGraph, ClassifyGraph, ExplainGraph
-from build.repository import (
+from build.gpu_host import ensemble_check
+from build.graphs import export
+from build.graphs.modules import AttributionGraph, ClassifyGraph, ExplainGraph
+from build.model import source
+from build.precision import cpu, modelopt_env
+from build.repository import dali_pipeline, runtimes, staging, visual_report, writer
+from build.repository.writer import (
     ATTRIBUTION_TASK,
     PRECISIONS,
     PREPROCESS,
@@ -66,7 +57,7 @@ CALIB_LIMIT = 1000
 _REFUSALS = (
     verify.VerificationError,
     GateRefused,
-    precision.VariantError,
+    modelopt_env.VariantError,
     dali_gate.DaliGateRefused,
 )
 
@@ -108,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=EVAL_LIMIT,
         help="evaluate on a seeded random sample of at most this many (default %(default)s)",
     )
-    p.add_argument("--calibration-method", choices=precision.CALIBRATION_METHODS, default="minmax")
+    p.add_argument("--calibration-method", choices=cpu.CALIBRATION_METHODS, default="minmax")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list; fp32 always")
     p.add_argument(
         "--allow-int8-drop",
@@ -195,7 +186,10 @@ def modelopt_versions() -> dict:
         "print(v('nvidia-modelopt'), v('onnx'), v('onnxruntime-gpu'))"
     )
     out = subprocess.run(
-        [str(precision.modelopt_python()), "-c", code], capture_output=True, text=True, check=True
+        [str(modelopt_env.modelopt_python()), "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return {"nvidia-modelopt": out[0], "onnx": out[1], "onnxruntime-gpu": out[2]}
 
@@ -277,7 +271,7 @@ def export_and_verify_attribution(
     ov = runtimes.create_runner("openvino", str(path), threads, "f32", PARITY_IMAGES)
     return {
         "onnx_checker": "passed",
-        "reference": "build/attribution_reference.py (Chefer et al. 2021, eager autograd)",
+        "reference": "build/checks/attribution_reference.py (Chefer et al. 2021, eager autograd)",
         "onnxruntime": verify.check_attribution(ort, reference, sample),
         "openvino_f32": verify.check_attribution(ov, reference, sample),
     }
@@ -291,26 +285,26 @@ def make_variants(
         fp32 = onnx_path(out, task, "fp32")
         if "fp16" in precisions:
             log.info("precision: cpu fp16 %s", task)
-            precision.to_fp16(fp32, onnx_path(out, task, "fp16"))
+            cpu.to_fp16(fp32, onnx_path(out, task, "fp16"))
         if "int8" in precisions:
             log.info("precision: cpu int8 %s", task)
-            precision.to_int8(fp32, onnx_path(out, task, "int8"), calibration.images, method)
+            cpu.to_int8(fp32, onnx_path(out, task, "int8"), calibration.images, method)
     lower = [p for p in precisions if p != "fp32"]
     if not lower:
         return {}
     with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
-        images = precision.write_images(calibration.images, Path(tmp) / "images.npy")
+        images = modelopt_env.write_images(calibration.images, Path(tmp) / "images.npy")
         log.info("precision: gpu %s (NVIDIA Model Optimizer)", ", ".join(lower))
         jobs = [
             (p, onnx_path(out, task, "fp32"), gpu_onnx_path(out, task, p))
             for task in VARIANT_TASKS
             for p in lower
         ]
-        precision.to_gpu_variants(jobs, images, method)
+        modelopt_env.to_gpu_variants(jobs, images, method)
     return {
         "tool": "NVIDIA Model Optimizer: AutoCast (fp16), ONNX PTQ (int8)",
         "versions": modelopt_versions(),
-        "calibration_method": precision.GPU_CALIBRATION_METHOD[method],
+        "calibration_method": modelopt_env.GPU_CALIBRATION_METHOD[method],
         "onnx": {
             f"{t}_{p}": str(gpu_onnx_path(Path(), t, p)) for t in VARIANT_TASKS for p in lower
         },
@@ -340,7 +334,7 @@ def build(args: argparse.Namespace) -> dict:
             f"--eval-limit must be >= 1 and --calib-limit >= {MIN_CALIBRATION_IMAGES}"
         )
     if len(precisions) > 1:
-        precision.modelopt_python()  # fail before training, not after
+        modelopt_env.modelopt_python()  # fail before training, not after
     if args.preprocess == "dali":
         dali_pipeline.require()  # fail before training, not after
     threads = args.threads or runtimes.default_threads()
@@ -399,7 +393,7 @@ def build(args: argparse.Namespace) -> dict:
         evaluate.write_engine_reference(stage, loaded.heldout, gpu_outputs)
         samples = loaded.heldout.images[: visual_report.SAMPLES]
         report["visual_report"] = visual_report.write(stage, report, samples, contract.labels).name
-        written = repository.write(
+        written = writer.write(
             stage,
             contract,
             precisions,
@@ -447,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     except (source.SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (precision.ModelOptimizerMissing, dali_pipeline.DaliMissing) as exc:
+    except (modelopt_env.ModelOptimizerMissing, dali_pipeline.DaliMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except _REFUSALS as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from build.repository import gpu_onnx_path, model_name
+from build.repository.writer import gpu_onnx_path, model_name
 
 FLOAT = {"FLOAT", "FLOAT16", "BFLOAT16"}
 ANY = FLOAT | {"INT32", "INT64"}

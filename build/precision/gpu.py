@@ -4,11 +4,11 @@ explicit quantization for TensorRT 10.x/11.x strongly typed networks.
 Runs in its own environment (`make modelopt-env`: nvidia-modelopt[onnx] pins onnx/onnxruntime
 versions that clash with the CPU stack), as a subprocess of the build:
 
-  <modelopt python> -m build.gpu_precision --images calib.npy --method max \\
+  <modelopt python> -m build.precision.gpu --images calib.npy --method max \\
       fp16:SRC:DST int8:SRC:DST ...
 
-It imports only numpy, onnx, modelopt (which brings torch) and build.heap (standard library),
-never the rest of the build package.
+It imports only numpy, onnx, modelopt (which brings torch) and build.precision.heap (standard
+library), never the rest of the build package.
 
 * FP16: AutoCast (`modelopt.onnx.autocast.convert_to_mixed_precision`, low_precision_type fp16,
   keep_io_types): Model Optimizer's documented path to FP16 for TensorRT 11, which has no FP16 flag.
@@ -31,11 +31,11 @@ never the rest of the build package.
     bisection's Add/Mul/Where, which Model Optimizer would otherwise give Q/DQ) and the attn@V
     MatMuls (their Q/DQ would hand the rollout INT8 attention probabilities) get no Q/DQ.
   - The rollout (every node that does not reach the logits: head fusion, the discard_ratio
-    bisection of build/discard.py, renormalisation, the MatMul chain) stays FP32, through AutoCast's
-    `nodes_to_exclude`. The bisection needs it: its bracket is widened by 1e-5 relative across
-    exp/log (below FP16's spacing of ~1e-3) and it halves to float32 spacing; its counts are int64,
-    which AutoCast leaves alone. It is cheap (T x T per layer, next to the backbone's T x 4D GEMMs).
-    Model Optimizer's INT8 PTQ takes no node list for its FP16 pass (only op types, and the
+    bisection of build/graphs/discard.py, renormalisation, the MatMul chain) stays FP32, through
+    AutoCast's `nodes_to_exclude`. The bisection needs it: its bracket is widened by 1e-5 relative
+    across exp/log (below FP16's spacing of ~1e-3) and it halves to float32 spacing; its counts are
+    int64, which AutoCast leaves alone. It is cheap (T x T per layer, next to the backbone's T x 4D
+    GEMMs). Model Optimizer's INT8 PTQ takes no node list for its FP16 pass (only op types, and the
     bisection shares Mul/Add/Where with the backbone), so the INT8 explain graph is quantized with
     high_precision_dtype fp32 and then made FP16 by AutoCast with the same exclusion.
   - Calibration and AutoCast's sample feed discard_ratio = 0 (plain rollout); the input stays FP32
@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from build import heap
+from build.precision import heap
 
 INPUT_NAME = "image"  # build.names.INPUT_NAME (not imported: this runs outside the build's env)
 DISCARD_RATIO = "discard_ratio"  # build.names.DISCARD_RATIO: explain graphs' second input
@@ -81,7 +81,7 @@ AUTOCAST_IMAGES = 16  # AutoCast's sample: the images its FP16 range check runs 
 # Model Optimizer's INT8 PTQ calibrates with "max" or "entropy" (int8.py); anything else is max.
 MODELOPT_METHODS = ("max", "entropy")
 
-log = logging.getLogger("build.gpu_precision")
+log = logging.getLogger("build.precision.gpu")
 
 
 def _reaching_logits(model: onnx.ModelProto) -> set[str]:

@@ -16,7 +16,7 @@ identity is 0 over the patches, so nothing changes; in the mean of the patch row
 the map's own variation: in fp16 (ulp 2^-10 relative) the map would drown in its rounding.
 
 Eager autograd, one image at a time, R accumulated in float64, so nothing is shared with the
-batched, traced graph (build/graphs.py AttributionGraph) that this checks.
+batched, traced graph (build/graphs/modules.py AttributionGraph) that this checks.
 
 Target classes: -1 (any negative value) means the top-1 class (argmax of the logits, first index
 on ties); a value >= num_classes is clamped to the last class, as the graph does.

@@ -4,8 +4,8 @@ Bounds (fp32): logits max |diff| <= 1e-4 with identical top-1 at batch 1 and 8; 
 relative to the reference map's max <= 1e-4. Rollout values are ~1e-2, so an absolute tolerance
 would check little. Explain graphs are checked at discard_ratio 0 and at each of DISCARD_RATIOS,
 and at batch > 1 with a different ratio per image (Triton batches requests with different ratios).
-Attribution graphs: logits as above, the map against build/attribution_reference.py with the same
-relative bound, for the top-1 class (-1) and for a different class per image.
+Attribution graphs: logits as above, the map against build/checks/attribution_reference.py with the
+same relative bound, for the top-1 class (-1) and for a different class per image.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import logging
 import numpy as np
 import torch
 
-from build import attribution_reference, rollout_reference
+from build.checks import attribution_reference, rollout_reference
 from build.contract import Preprocessing, TokenLayout
-from build.graphs import HEAD_FUSIONS, LOGITS, ClassifyGraph
-from build.runtimes import Runner
+from build.graphs.modules import HEAD_FUSIONS, LOGITS, ClassifyGraph
+from build.repository.runtimes import Runner
 
 log = logging.getLogger(__name__)
 LOGITS_TOLERANCE = 1e-4

@@ -7,7 +7,8 @@ build_report.json (PNG images embedded as data URIs; nothing fetched when it is 
   discard ratio 0, each variant run as the cpu target serves it), so a user sees what quantization
   did to the explanations.
 
-Usage: python -m build.visual_report [--repository model_repository]  (make repo writes it too)
+Usage: python -m build.repository.visual_report [--repository model_repository]
+(make repo writes it too)
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from build import runtimes
-from build.repository import CPU_PRECISION_HINT, PRECISIONS, TASKS, model_name, onnx_path
+from build.repository import runtimes
+from build.repository.writer import CPU_PRECISION_HINT, PRECISIONS, TASKS, model_name, onnx_path
 
 log = logging.getLogger(__name__)
 SAMPLES = 6
@@ -71,7 +72,7 @@ def accuracy_chart(report: dict) -> str:
     if labelled:
         panels.insert(0, ("classify", "accuracy", "held-out top-1 accuracy (%)"))
     panels.append(("explain", "heatmap_correlation_vs_fp32", "heatmap correlation with fp32 x100"))
-    panels.append(  # the attribution gate's measure (build/gates.py)
+    panels.append(  # the attribution gate's measure (build/checks/gates.py)
         ("attribution", "map_correlation_vs_fp32", "attribution map correlation with fp32 x100")
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), layout="constrained")
@@ -214,7 +215,7 @@ def write(repository: Path, report: dict, samples: np.ndarray, labels: list[str]
 def main(argv: list[str] | None = None) -> int:
     """Re-render the visual report of an existing repository (its evaluation samples)."""
     from build.contract import ModelContract
-    from build.source import digits_stand_in
+    from build.model.source import digits_stand_in
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from build import engine_check, repository, runtimes, source, verify
+from build.checks import verify
+from build.gpu_host import engine_check
+from build.model import source
 from build.names import ATTRIBUTION, LOGITS
-from build.repository import gpu_onnx_path, onnx_path
+from build.repository import runtimes, writer
+from build.repository.writer import gpu_onnx_path, onnx_path
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def discard_ratios(count: int) -> np.ndarray:
 
 
 def write_engine_reference(out: Path, heldout: source.Images, outputs: dict) -> None:
-    """What the engines step compares each TensorRT engine with (build/engine_check.py)."""
+    """What the engines step compares each TensorRT engine with (build/gpu_host/engine_check.py)."""
     n = engine_check.REFERENCE_IMAGES
     labels = None if heldout.labels is None else heldout.labels[:n]
     outputs = {**outputs, engine_check.DISCARD_RATIO_KEY: discard_ratios(len(heldout.images))}
@@ -72,13 +75,13 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
                 results[p][runtime_name] = same
                 baseline[runtime_name] = baseline["onnxruntime"]
                 continue
-            hint = repository.CPU_PRECISION_HINT[p] if engine == "openvino" else ""
+            hint = writer.CPU_PRECISION_HINT[p] if engine == "openvino" else ""
             path = gpu_onnx_path if target == "gpu" else onnx_path
             got = {}
             for task, images in (
                 ("classify", heldout.images),
                 ("explain", heat_images),
-                (repository.ATTRIBUTION_TASK, attribution_images),  # each image's top-1 class
+                (writer.ATTRIBUTION_TASK, attribution_images),  # each image's top-1 class
             ):
                 runner = runtimes.create_runner(engine, str(path(out, task, p)), threads, hint, 16)
                 got[task] = _evaluate(runner, images, f"{p} {task} {runtime_name}")
@@ -113,8 +116,8 @@ def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tup
             entry["explain"]["heatmap_correlation_vs_fp32"] = verify.heatmap_correlation(
                 ref["explain"]["rollout_mean"], got["explain"]["rollout_mean"]
             )
-            # The attribution gate reads map_correlation_vs_fp32 (build/gates.py).
-            task = repository.ATTRIBUTION_TASK
+            # The attribution gate reads map_correlation_vs_fp32 (build/checks/gates.py).
+            task = writer.ATTRIBUTION_TASK
             entry[task] = verify.accuracy_summary(
                 got[task][LOGITS], ref[task][LOGITS], attribution_labels
             )

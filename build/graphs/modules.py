@@ -3,13 +3,13 @@
 * ClassifyGraph: image -> logits (timm's fused attention stays on: fastest path).
 * ExplainGraph: image -> logits + attention rollout for each head fusion (mean, max, min).
 * AttributionGraph: image, target_class -> logits + Chefer et al.'s class-specific attribution
-  (a forward and a backward pass; exported via make_fx, see build/export.py).
+  (a forward and a backward pass; exported via make_fx, see build/graphs/export.py).
 
 Rollout (Abnar & Zuidema 2020), as the build contract states it: per layer fuse the heads,
-discard the lowest `discard_ratio` of the fused matrix (vit-explain's meaning, build/discard.py;
-0 keeps everything), A' = 0.5*A + 0.5*I, normalise rows to sum to 1, multiply over all layers
-(R = A'_L ... A'_1), then read the query row (CLS, or the mean over the patch rows when the model
-has no CLS token) over the patch tokens and reshape it to the patch grid.
+discard the lowest `discard_ratio` of the fused matrix (vit-explain's meaning,
+build/graphs/discard.py; 0 keeps everything), A' = 0.5*A + 0.5*I, normalise rows to sum to 1,
+multiply over all layers (R = A'_L ... A'_1), then read the query row (CLS, or the mean over the
+patch rows when the model has no CLS token) over the patch tokens and reshape it to the patch grid.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from build.contract import Preprocessing, TokenLayout
-from build.discard import discard_count, discard_lowest
+from build.graphs.discard import discard_count, discard_lowest
 from build.names import (
     ATTRIBUTION,
     DISCARD_RATIO,
@@ -175,9 +175,10 @@ def query_row(relevance: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
 
 
 class AttributionGraph(_AttentionGraph):
-    """Classifier plus Chefer et al. 2021 class-specific attribution (build/attribution_reference.py
-    states the formula). Written with torch.autograd.grad, so it only exports after make_fx has
-    turned the backward pass into plain ops (build/export.py export_attribution).
+    """Classifier plus Chefer et al. 2021 class-specific attribution
+    (build/checks/attribution_reference.py states the formula). Written with torch.autograd.grad, so
+    it only exports after make_fx has turned the backward pass into plain ops
+    (build/graphs/export.py export_attribution).
 
     Inputs: image (B, 3, H, W) uint8 and target_class (B, 1) int32; a negative class means the
     top-1 class (ArgMax: first index on ties), one >= num_classes is clamped to the last class.

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import digits
 from build.contract import Preprocessing
+from build.model import digits
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ data the gates cannot be applied; the report then says so and gives top-1 agreem
 
 Attribution variants (fp16, int8) have their own gate, which needs no labels: their class-specific
 maps must agree with the fp32 graph's (mean per-image Pearson correlation >= 0.95 on every runtime
-that serves them, over the images whose top-1 class both give: build/evaluate.py). One that fails
-is not served (the build goes on; /explain names the precisions that are), since its classify and
-explain variants passed their own gates.
+that serves them, over the images whose top-1 class both give: build/checks/evaluate.py). One that
+fails is not served (the build goes on; /explain names the precisions that are), since its classify
+and explain variants passed their own gates.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Runs inside nvcr.io/nvidia/tensorrt:<YY.MM>-py3, the same YY.MM as the Triton im
 service `engines`; engines only load on the TensorRT version that built them). For every gpu model
 the repository holds (gpu/vit_<task>_<precision>/config.pbtxt, so exactly the precisions
 `make repo` built) it builds 1/model.plan from that model's ONNX (repository.gpu_onnx_path), then
-runs the engine on the held-out images and compares it with ONNX Runtime (build/engine_check.py).
+runs the engine on the held-out images and compares it with ONNX Runtime
+(build/gpu_host/engine_check.py).
 
 * TensorRT 11 has no precision flags: networks are strongly typed and run the precision written
   in the ONNX (Model Optimizer's FP16/INT8 graphs); on 10.x STRONGLY_TYPED is set explicitly.
@@ -19,7 +20,7 @@ runs the engine on the held-out images and compares it with ONNX Runtime (build/
   build_report.json ("engines"). Exit 0 only when every gpu model has a verified engine, so
   compose starts Triton only then.
 
-Usage: python3 -m build.tensorrt_engine [--repository model_repository] [--workspace-gib 4]
+Usage: python3 -m build.gpu_host.tensorrt_engine [--repository model_repository] [--workspace-gib 4]
 Exit codes: 0 all engines verified; 2 no GPU/TensorRT or no repository; 3 an engine failed.
 """
 
@@ -36,10 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-from build import engine_check, repository_owner
 from build.contract import ModelContract
+from build.gpu_host import engine_check
 from build.names import INPUT_NAME
-from build.repository import (
+from build.repository import owner
+from build.repository.writer import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
     PRECISIONS,
@@ -246,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _build(args.repository, args.workspace_gib)
-    finally:  # whatever happened: nothing root wrote stays root's (build/repository_owner.py)
-        repository_owner.give_back(args.repository)
+    finally:  # whatever happened: nothing root wrote stays root's (build/repository/owner.py)
+        owner.give_back(args.repository)
 
 
 def _build(repository: Path, workspace_gib: int) -> int:

@@ -1,7 +1,8 @@
 """make bench: images/s of every variant on this CPU at batch 1 and 8, beside a PyTorch eager
 fp32 baseline measured in the same run. Writes docs/benchmarks/<name>.json and .md.
 
-  python -m build.bench [--repository model_repository] [--seconds 3] [--name cpu-default]
+  python -m build.bench.throughput [--repository model_repository] [--seconds 3]
+      [--name cpu-default]
 
 Each cell is the median latency of repeated runs after warm-up, turned into images/s; the
 runtimes run exactly as the cpu target serves them (OpenVINO precision hints from the configs).
@@ -21,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import runtimes
 from build.contract import ModelContract
-from build.graphs import ClassifyGraph
-from build.repository import CPU_PRECISION_HINT, PRECISIONS, TASKS, onnx_path
+from build.graphs.modules import ClassifyGraph
+from build.repository import runtimes
+from build.repository.writer import CPU_PRECISION_HINT, PRECISIONS, TASKS, onnx_path
 
 BATCHES = (1, 8)
 
@@ -43,7 +44,7 @@ def measure(fn: Callable[[], object], seconds: float) -> dict:
 
 def torch_model(repository: Path, contract: ModelContract) -> torch.nn.Module:
     if contract.origin == "offline-digits":
-        from build import digits
+        from build.model import digits
 
         model = digits.create_model()
         model.load_state_dict(

@@ -7,8 +7,9 @@ with every space replaced by '-' (k8s-device-plugin internal/lm/resource.go prod
 "NVIDIA H100 80GB HBM3" -> "NVIDIA-H100-80GB-HBM3". (GFD appends "-SHARED" on time-sliced nodes
 and "-MIG-<profile>" for MIG devices: engines built on a full GPU match neither.)
 
-  python -m build.gpu_product [--repository model_repository]      # prints the label value
-  python -m build.gpu_product --write deploy/kubernetes/components/gpu-product/gpu-product.env
+  python -m build.gpu_host.gpu_product [--repository model_repository]  # prints the label value
+  python -m build.gpu_host.gpu_product \
+      --write deploy/kubernetes/components/gpu-product/gpu-product.env
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from build.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
+from build.checks.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
 from build.names import (
     ATTRIBUTION,
     DISCARD_RATIO,
@@ -26,8 +26,8 @@ MIN_TOP1_AGREEMENT = {"fp32": 0.99, "fp16": 0.99, "int8": 0.97}
 # ...and, for explain, heatmaps that correlate with ONNX Runtime's (mean over images).
 MIN_HEATMAP_CORRELATION = 0.99
 # Explain engines also run the first DISCARD_IMAGES with a different discard_ratio per image
-# (DISCARD_RATIO_KEY in the reference; 0.0 to 0.95, build.verify.MIXED_RATIOS). Near-tied entries
-# at a layer's threshold may fall either way between two runtimes, hence the lower bar.
+# (DISCARD_RATIO_KEY in the reference; 0.0 to 0.95, build.checks.verify.MIXED_RATIOS). Near-tied
+# entries at a layer's threshold may fall either way between two runtimes, hence the lower bar.
 DISCARD_IMAGES = 64
 DISCARD_RATIO_KEY = "discard_ratio"
 MIN_HEATMAP_CORRELATION_DISCARD = 0.95

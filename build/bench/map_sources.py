@@ -4,7 +4,7 @@ a MapSource turns uint8 NCHW images and one target class per image into (N, grid
 * served_attribution: the exported attribution graph (onnx/attribution_<precision>.onnx) on the
   runtime the cpu target serves it with (OpenVINO, f32 for fp32; ONNX Runtime on request): the
   measurement is of the served graph.
-* reference_attribution: the plain-PyTorch formula (build/attribution_reference.py), for use
+* reference_attribution: the plain-PyTorch formula (build/checks/attribution_reference.py), for use
   while no attribution graph has been built, or to compare the two.
 * rollout: the served explain graph's attention rollout (onnx/explain_fp32.onnx, OpenVINO f32;
   class-agnostic: targets are ignored).
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from build import runtimes
 from build.contract import ModelContract
 from build.names import ATTRIBUTION
-from build.repository import (
+from build.repository import runtimes
+from build.repository.writer import (
     ATTRIBUTION_CPU_RUNTIME,
     ATTRIBUTION_TASK,
     CPU_PRECISION_HINT,
@@ -67,7 +67,7 @@ def torch_digits_model(repository: Path):
     """The offline default's trained weights, as the build saved them (source/digits_vit.pth)."""
     import torch
 
-    from build import digits
+    from build.model import digits
 
     model = digits.create_model()
     model.load_state_dict(torch.load(repository / "source" / "digits_vit.pth", weights_only=True))
@@ -75,7 +75,7 @@ def torch_digits_model(repository: Path):
 
 
 def reference_attribution(repository: Path) -> MapSource:
-    from build.attribution_reference import attribution_reference
+    from build.checks.attribution_reference import attribution_reference
 
     contract = ModelContract.read(repository / "model.json")
     model = torch_digits_model(repository)

@@ -2,16 +2,17 @@
 against the gateway's preprocessing, like the precision gates hold variants against fp32.
 
 The gateway's path is service/images.py + service/preprocess.py without draft decoding: exactly
-timm's eval transform (tests/service/test_preprocess.py). DALI runs build/dali_pipeline.py's one
-definition with the cpu decoder (no GPU here; libjpeg-turbo decodes bit-identically to Pillow), so
-what differs is DALI's resampling against Pillow's. Measured on
+timm's eval transform (tests/service/test_preprocess.py). DALI runs
+build/repository/dali_pipeline.py's one definition with the cpu decoder (no GPU here; libjpeg-turbo
+decodes bit-identically to Pillow), so what differs is DALI's resampling against Pillow's.
+Measured on
   * photos: loadtest/corpus.py's JPEGs (24, 211-2048 px, six aspect ratios, some progressive), at
     the model's preprocessing and at 224 px (resize 248 bicubic, crop 224: timm's ViT default);
   * the model's held-out images rendered as JPEG uploads (2-7x the input side, quality 75-95):
     pixels, and top-1 of the fp32 classify graph (ONNX Runtime) on both paths (held to the bar
     when the held-out images are labelled, as the precision gates are).
-On the GPU host, nvJPEG decodes instead of libjpeg-turbo: build/ensemble_check.py measures the
-served ensemble against the same bounds there.
+On the GPU host, nvJPEG decodes instead of libjpeg-turbo: build/gpu_host/ensemble_check.py measures
+the served ensemble against the same bounds there.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from build import dali_pipeline, runtimes
 from build.contract import Preprocessing
 from build.names import LOGITS
+from build.repository import dali_pipeline, runtimes
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Corpus:
         )
 
     def save(self, path: Path) -> None:
-        """For build/ensemble_check.py on the GPU host (an .npz, no pickled objects)."""
+        """For build/gpu_host/ensemble_check.py on the GPU host (an .npz, no pickled objects)."""
         arrays = {"photos_tensors": self.photos_tensors, "uploads_tensors": self.uploads_tensors}
         arrays["photos_jpeg"], arrays["photos_offsets"] = pack(self.photos)
         arrays["uploads_jpeg"], arrays["uploads_offsets"] = pack(self.uploads)
@@ -170,7 +171,7 @@ def measure(
 ) -> dict:
     """The gate's numbers and verdict (status passed/refused, failures), for build_report.json.
     reference_file: where to save the gate's JPEGs and the gateway's tensors for them, for the
-    GPU host's check of the served ensembles (build/ensemble_check.py)."""
+    GPU host's check of the served ensembles (build/gpu_host/ensemble_check.py)."""
     dali_pipeline.check_supported(pre)
     corpus = Corpus.make(pre, heldout_images, heldout_labels)
     failures: list[str] = []

@@ -1,8 +1,8 @@
 """make bench-faithfulness: is the class-specific attribution map faithful to the model, and more
-so than attention rollout? A deletion test (build/deletion.py) on the offline digits model's
+so than attention rollout? A deletion test (build/bench/deletion.py) on the offline digits model's
 held-out images, writing docs/benchmarks/faithfulness.{json,md,png}.
 
-  python -m build.faithfulness [--repository model_repository] [--source auto] [--images 0]
+  python -m build.bench.faithfulness [--repository model_repository] [--source auto] [--images 0]
 
 For each held-out image the served classifier (onnx/classify_fp32.onnx, OpenVINO f32 as the cpu
 target serves it) gives the top-1 and top-2 classes; each map method gives a map per target class;
@@ -12,7 +12,7 @@ classifier. Lower area under that curve = more faithful. Methods:
 * attribution: Chefer et al. 2021 transformer attribution for the target class, from the served
   graph (onnx/attribution_fp32.onnx, OpenVINO f32 as the cpu target serves it) or, with --source
   reference or when no graph was built, from the plain-PyTorch reference
-  (build/attribution_reference.py); the JSON and the table say which.
+  (build/checks/attribution_reference.py); the JSON and the table say which.
 * rollout: the served explain graph's attention rollout (mean heads, discard 0: the product's
   default; max heads with discard 0.9 as vit-explain users run it). The same map for every class.
 * attribution (fp16), attribution (int8): the served lower-precision attribution graphs
@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from build import deletion, map_sources, runtimes
+from build.bench import deletion, map_sources
 from build.contract import ModelContract
-from build.repository import ATTRIBUTION_CPU_RUNTIME, onnx_path
+from build.repository import runtimes
+from build.repository.writer import ATTRIBUTION_CPU_RUNTIME, onnx_path
 
 BASELINES = ("grey", "black", "blur")
 MAIN_BASELINE = "grey"
@@ -118,7 +119,7 @@ def attribution_source(
         return f"served graph ({where})", (
             map_sources.served_attribution(repository, threads=threads)
         )
-    return "plain-PyTorch reference (build/attribution_reference.py)", (
+    return "plain-PyTorch reference (build/checks/attribution_reference.py)", (
         map_sources.reference_attribution(repository)
     )
 
@@ -200,7 +201,7 @@ def run(
     threads: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    from build import digits
+    from build.model import digits
 
     contract = ModelContract.read(repository / "model.json")
     if contract.origin != "offline-digits":

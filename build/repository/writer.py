@@ -42,7 +42,7 @@ TASKS = ("classify", "explain")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Chefer et al.'s class-specific attribution (issue 11): exported and checked apart from TASKS
 # (make_fx + autograd, its own parity check) and gated by its own measure (map agreement with the
-# fp32 map: build/gates.py). Every precision is made; one whose gate fails is not served.
+# fp32 map: build/checks/gates.py). Every precision is made; one whose gate fails is not served.
 ATTRIBUTION_PRECISIONS = PRECISIONS
 VARIANT_TASKS = (*TASKS, ATTRIBUTION_TASK)  # the graphs that get fp16/int8 variants
 # Runtime the cpu target serves attribution with: measured faster on the attribution graph
@@ -50,7 +50,8 @@ VARIANT_TASKS = (*TASKS, ATTRIBUTION_TASK)  # the graphs that get fp16/int8 vari
 ATTRIBUTION_CPU_RUNTIME = "openvino"
 TARGETS = ("cpu", "gpu")
 # What the gpu models take from clients: tensors only (the gateway decodes and resizes), or also
-# JPEG bytes through DALI ensembles (build/jpeg_ensemble.py; make repo --preprocess dali).
+# JPEG bytes through DALI ensembles (build/repository/jpeg_ensemble.py; make repo --preprocess
+# dali).
 PREPROCESS = ("tensor", "dali")
 JPEG_TARGET = "gpu"
 BUILD_DIR = Path(__file__).parent
@@ -117,8 +118,8 @@ def response_cache(target: str, task: str) -> bool:
     the gpu classify models: /classify reaches them through the JPEG ensembles of a
     --preprocess dali build (one config serves both builds), where the image arrives from DALI
     in GPU memory, which Triton cannot hash (it logs an error per request); the <model>_jpeg
-    ensembles cache instead, keyed by the JPEG bytes (build/jpeg_ensemble.py). On the tensor
-    path a GPU classify costs little more than the lookup's hash of the image."""
+    ensembles cache instead, keyed by the JPEG bytes (build/repository/jpeg_ensemble.py). On the
+    tensor path a GPU classify costs little more than the lookup's hash of the image."""
     return not (target == JPEG_TARGET and task == "classify")
 
 
@@ -175,7 +176,7 @@ def default_cpu_instances() -> int:
     int8 at 96 req/s through Triton against 64 for 1 x 2 threads, at the same p50 at low load
     (docs/benchmarks.md). Fewer instances with more threads each (build.cli --cpu-instances)
     trade that throughput for lower latency of a lone request on a many-core host."""
-    from build.runtimes import default_threads  # numpy-only module; see config_text
+    from build.repository.runtimes import default_threads  # numpy-only module; see config_text
 
     return default_threads()
 
@@ -188,7 +189,8 @@ def config_text(
     instances: int | None = None,
 ) -> str:
     """instances: cpu model instances (default default_cpu_instances()); each runs OpenVINO on an
-    equal share of the serving machine's cores (num_threads \"0\", build/triton_python_model.py)."""
+    equal share of the serving machine's cores (num_threads \"0\",
+    build/repository/triton_python_model.py)."""
     s = TARGET_SETTINGS[target]
     max_batch = max_batch_size(target, task)
     inputs, outputs = tensor_blocks(contract, task)
@@ -289,7 +291,7 @@ def write(
     cpu_instances: see config_text (default: one per core of this machine).
     attribution_precisions: those whose attribution gate passed (default: all of `precisions`).
     preprocess "dali": the gpu target also gets a JPEG-bytes ensemble per model, and model.json
-    says so (the caller has passed the DALI parity gate, build/dali_gate.py).
+    says so (the caller has passed the DALI parity gate, build/checks/dali_gate.py).
     gpu_not_served: model names the gpu target leaves out (TensorRT's parser cannot take them).
 
     model.json goes last: its presence means a complete repository (make uses it as the marker)."""
@@ -323,7 +325,7 @@ def write(
                 shutil.copy2(BUILD_DIR / "runtimes.py", version / "runtimes.py")
             written[target].append(name)
         if target == JPEG_TARGET and preprocess == "dali":
-            from build import jpeg_ensemble  # imports this module: not at the top
+            from build.repository import jpeg_ensemble  # imports this module: not at the top
 
             jpeg_ensemble.write_preprocess_model(target_dir, contract, "gpu")
             ensembles = [

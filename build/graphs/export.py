@@ -22,7 +22,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from build.graphs import (
+from build.graphs.modules import (
     ATTRIBUTION,
     DISCARD_RATIO,
     INPUT_NAME,

@@ -5,7 +5,7 @@ What Triton's ensemble runs, step by step, on the GPU: the repository's own
 gpu/vit_preprocess_jpeg/1/model.dali (the mixed decoder: nvJPEG, the hardware JPEG decoder where
 the GPU has one) on GPU 0, then each classify engine on its output. Inputs are the JPEGs make repo
 saved with the gateway's tensors for them (onnx/gpu/jpeg_reference.npz: the photo corpus and the
-held-out uploads, build/dali_gate.py):
+held-out uploads, build/checks/dali_gate.py):
   * pixels: DALI on the GPU against the gateway, mean within GPU_MAX_MEAN_DIFF (max reported);
   * answers: each classify engine's top-1 on DALI's tensors against the same engine on the
     gateway's, at least dali_gate.MIN_TOP1_AGREEMENT.
@@ -14,8 +14,8 @@ nvJPEG upsamples chroma and computes the IDCT differently from libjpeg-turbo (NV
 libjpeg-turbo's fast IDCT and plain chroma upsampling, standing in for it, measured mean 1.28 and
 max 44 on the photos at 224 px and kept top-1 at 100% (docs/build.md).
 
-Runs in the engines container after build.tensorrt_engine, with requirements/dali.txt installed.
-Usage: python3 -m build.ensemble_check [--repository model_repository]
+Runs in the engines container after build.gpu_host.tensorrt_engine, with requirements/dali.txt
+installed. Usage: python3 -m build.gpu_host.ensemble_check [--repository model_repository]
 Exit codes: 0 checked, or no ensembles to check; 2 no GPU, DALI, reference or engine; 3 failed.
 """
 
@@ -87,9 +87,9 @@ def check(repository: Path) -> dict | None:
     contract = ModelContract.read(repository / "model.json")
     if contract.jpeg_ensembles is None:
         return None
-    from build import dali_gate
-    from build.dali_pipeline import DaliMissing, require
-    from build.repository import TARGET_SETTINGS
+    from build.checks import dali_gate
+    from build.repository.dali_pipeline import DaliMissing, require
+    from build.repository.writer import TARGET_SETTINGS
 
     try:
         require()

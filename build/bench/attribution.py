@@ -1,12 +1,12 @@
 """Cost of class-specific attribution: images/s of the attribution graph against the explain
 graph (rollout), per CPU runtime, precision and batch.
 
-  python -m build.bench_attribution --repository model_repository          # a built repository
-  python -m build.bench_attribution --timm vit_small_patch16_224           # random weights,
+  python -m build.bench.attribution --repository model_repository          # a built repository
+  python -m build.bench.attribution --timm vit_small_patch16_224           # random weights,
                                                                              # graphs made here
 Writes docs/benchmarks/attribution-cost.{json,md} (one section per model). Cells are
-build.bench.measure's medians; OpenVINO runs each precision as the cpu target serves it (fp32 at
-f32, fp16/int8 at OpenVINO's default hint); ONNX Runtime fp32 is there for comparison.
+build.bench.throughput.measure's medians; OpenVINO runs each precision as the cpu target serves it
+(fp32 at f32, fp16/int8 at OpenVINO's default hint); ONNX Runtime fp32 is there for comparison.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build import contract, export, graphs, precision, runtimes
-from build.bench import BATCHES, measure
+from build import contract
+from build.bench.throughput import BATCHES, measure
+from build.graphs import export, modules
 from build.names import ATTRIBUTION_TASK
-from build.repository import CPU_PRECISION_HINT, onnx_path
+from build.precision import cpu
+from build.repository import runtimes
+from build.repository.writer import CPU_PRECISION_HINT, onnx_path
 
 TASKS = ("explain", ATTRIBUTION_TASK)
 CONFIGURATIONS = (  # (runtime, precision): OpenVINO as served, ONNX Runtime fp32 to compare
@@ -38,21 +41,21 @@ CALIBRATION_IMAGES = 32  # int8 of a random-weight model: the timing, not the ac
 
 def export_timm(name: str, out: Path) -> tuple[str, tuple[int, int]]:
     """Explain and attribution graphs of a random-weight timm model into out/onnx/, with their
-    fp16 and int8 variants (build/precision.py, calibrated on random images)."""
+    fp16 and int8 variants (build/precision/cpu.py, calibrated on random images)."""
     import timm
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     pre, layout = contract.preprocessing(model), contract.token_layout(model)
-    explain = graphs.ExplainGraph(model, pre, layout)
+    explain = modules.ExplainGraph(model, pre, layout)
     export.export(explain, pre.input_size, True, onnx_path(out, "explain", "fp32"))
-    attribution = graphs.AttributionGraph(model, pre, layout)
+    attribution = modules.AttributionGraph(model, pre, layout)
     export.export_attribution(attribution, pre.input_size, onnx_path(out, ATTRIBUTION_TASK, "fp32"))
     calibration = random_images(CALIBRATION_IMAGES, pre.input_size)
     for task in TASKS:
         fp32 = onnx_path(out, task, "fp32")
-        precision.to_fp16(fp32, onnx_path(out, task, "fp16"))
-        precision.to_int8(fp32, onnx_path(out, task, "int8"), calibration)
+        cpu.to_fp16(fp32, onnx_path(out, task, "fp16"))
+        cpu.to_int8(fp32, onnx_path(out, task, "int8"), calibration)
     return f"{name} (random weights)", pre.input_size
 
 
@@ -84,7 +87,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Class-specific attribution: cost against rollout (explain), CPU",
         "",
-        f"Measured {result['measured_at']} with `python -m build.bench_attribution`, "
+        f"Measured {result['measured_at']} with `python -m build.bench.attribution`, "
         f"{result['threads']} threads, {result['method']}.",
     ]
     if result.get("note"):

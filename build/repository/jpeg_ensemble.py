@@ -1,7 +1,8 @@
 """JPEG bytes in, on the gpu target (make repo --preprocess dali): Triton configs and model.dali.
 
-  gpu/vit_preprocess_jpeg/      backend "dali": 1/model.dali (build/dali_pipeline.py, mixed
-                                decoder), JPEG bytes in (UINT8 [-1], ragged), uint8 [3, H, W] out
+  gpu/vit_preprocess_jpeg/      backend "dali": 1/model.dali (build/repository/dali_pipeline.py,
+                                mixed decoder), JPEG bytes in (UINT8 [-1], ragged), uint8 [3, H, W]
+                                out
   gpu/<model>_jpeg/             platform "ensemble": vit_preprocess_jpeg, then <model> (its other
                                 inputs, discard_ratio or target_class, passed through)
 
@@ -20,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from build import dali_pipeline
 from build.contract import ModelContract
 from build.names import INPUT_NAME, JPEG_INPUT, PREPROCESS_MODEL, jpeg_model_name
-from build.repository import TARGET_SETTINGS, model_name, tensor_blocks
+from build.repository import dali_pipeline
+from build.repository.writer import TARGET_SETTINGS, model_name, tensor_blocks
 
 WARMUP_FILE = "warmup_jpeg"  # <model>/warmup/<file>: a real JPEG, so warm-up runs the decoder
 WARMUP_SIZE = (640, 480)  # a typical upload; the first nvJPEG call allocates its buffers
