@@ -228,12 +228,12 @@ def test_an_attribution_precision_whose_gate_failed_gets_no_model(repository, co
 def test_a_graph_tensorrt_cannot_parse_is_not_served_on_the_gpu_target(
     repository, contract, tmp_path
 ):
-    """The build's check over every gpu graph (build.cli.check_gpu_graphs, the real ONNX files)
+    """The build's check over every gpu graph (build.pipeline.check_gpu_graphs, the real ONNX files)
     with one gpu graph TensorRT's parser cannot take (an op outside its support list): that model
     is named with the reason and left out of the gpu target only; the cpu target serves it."""
     from onnx import helper
 
-    from build.cli import check_gpu_graphs
+    from build.pipeline import check_gpu_graphs
     from build.repository.writer import gpu_onnx_path
 
     for folder in ("onnx", "onnx/gpu"):
