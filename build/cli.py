@@ -25,7 +25,8 @@ from build.model import source
 from build.precision.cpu import CALIBRATION_METHODS
 from build.precision.modelopt_env import ModelOptimizerMissing
 from build.repository.dali_pipeline import DaliMissing
-from build.repository.writer import PRECISIONS, PREPROCESS
+from build.repository.writer import PREPROCESS
+from build.tasks import PRECISIONS
 
 log = logging.getLogger("build")
 

@@ -41,14 +41,8 @@ from build.contract import ModelContract
 from build.gpu_host import engine_check
 from build.names import INPUT_NAME
 from build.repository import owner
-from build.repository.writer import (
-    ATTRIBUTION_PRECISIONS,
-    ATTRIBUTION_TASK,
-    PRECISIONS,
-    TARGET_SETTINGS,
-    TASKS,
-    gpu_onnx_path,
-)
+from build.repository.writer import TARGET_SETTINGS, gpu_onnx_path
+from build.tasks import PRECISIONS, VARIANT_TASKS, parse_model_name
 
 TIMING_CACHES = Path("engines")
 
@@ -75,17 +69,16 @@ def gpu_identity() -> dict:
 
 # (task, precision) of every model the build can write (an attribution precision whose gate
 # failed has no config, so no engine).
-MODELS = {(t, p) for t in TASKS for p in PRECISIONS}
-MODELS |= {(ATTRIBUTION_TASK, p) for p in ATTRIBUTION_PRECISIONS}
+MODELS = {(t, p) for t in VARIANT_TASKS for p in PRECISIONS}
 
 
 def gpu_models(repository: Path) -> list[tuple[str, str, str]]:
     """(model name, task, precision) for every gpu model config the repository holds."""
     found = []
     for config in sorted((repository / "gpu").glob("vit_*/config.pbtxt")):
-        match = re.fullmatch(r"vit_([a-z]+)_([a-z0-9]+)", config.parent.name)
-        if match and (match[1], match[2]) in MODELS:
-            found.append((config.parent.name, match[1], match[2]))
+        parsed = parse_model_name(config.parent.name)
+        if parsed is not None and parsed in MODELS:
+            found.append((config.parent.name, *parsed))
     return found
 
 

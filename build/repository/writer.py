@@ -11,8 +11,8 @@
     gpu/<model>/          tensorrt_plan; 1/model.plan is built from gpu_onnx_path() on a GPU host
                           (make engines), with 1/model.plan.json saying from what and how
 
-Model names are vit_<task>_<precision>. config.pbtxt files are reviewed code, tracked in git;
-everything else here is a build output.
+Model names are vit_<task>_<precision> (build/tasks.py). config.pbtxt files are reviewed code,
+tracked in git; everything else here is a build output.
 """
 
 from __future__ import annotations
@@ -24,31 +24,26 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from build import tasks
 from build.contract import JpegEnsembles, ModelContract
 from build.names import (
-    ATTRIBUTION,
     ATTRIBUTION_TASK,
-    DISCARD_RATIO,
-    HEAD_FUSIONS,
     INPUT_NAME,
     JPEG_INPUT,
     JPEG_MODEL_SUFFIX,
     LOGITS,
     PREPROCESS_MODEL,
-    TARGET_CLASS,
 )
+from build.tasks import PRECISIONS, TARGETS, model_name  # also read from here
 
-TASKS = ("classify", "explain")
-PRECISIONS = ("fp32", "fp16", "int8")
+TASKS = tasks.ROLLOUT_TASKS  # ("classify", "explain")
 # Chefer et al.'s class-specific attribution (issue 11): exported and checked apart from TASKS
 # (make_fx + autograd, its own parity check) and gated by its own measure (map agreement with the
 # fp32 map: build/checks/gates.py). Every precision is made; one whose gate fails is not served.
 ATTRIBUTION_PRECISIONS = PRECISIONS
-VARIANT_TASKS = (*TASKS, ATTRIBUTION_TASK)  # the graphs that get fp16/int8 variants
 # Runtime the cpu target serves attribution with: measured faster on the attribution graph
 # (docs/benchmarks/attribution-cost.md), and both pass the same parity check in every build.
 ATTRIBUTION_CPU_RUNTIME = "openvino"
-TARGETS = ("cpu", "gpu")
 # What the gpu models take from clients: tensors only (the gateway decodes and resizes), or also
 # JPEG bytes through DALI ensembles (build/repository/jpeg_ensemble.py; make repo --preprocess
 # dali).
@@ -102,12 +97,12 @@ def max_batch_size(target: str, task: str) -> int:
 # sharing-*.md measures Triton's default (--rate-limit=off), priorities alone and both.
 RATE_LIMIT_RESOURCE = "execution_slot"
 EXPLAIN_RESOURCE = "explain_slot"
-RATE_LIMIT_PRIORITY = {"classify": 1, "explain": 1000, ATTRIBUTION_TASK: 1000}
+RATE_LIMIT_PRIORITY = {task.name: task.rate_limit_priority for task in tasks.ALL}
 
 
 def rate_limit_resources(task: str) -> list[str]:
     """The rate-limiter resources one instance of the task's model takes (one of each)."""
-    return [RATE_LIMIT_RESOURCE] + ([] if task == "classify" else [EXPLAIN_RESOURCE])
+    return [RATE_LIMIT_RESOURCE] + ([EXPLAIN_RESOURCE] if tasks.BY_NAME[task].heavy else [])
 
 
 def response_cache(target: str, task: str) -> bool:
@@ -128,10 +123,6 @@ def response_cache(target: str, task: str) -> bool:
 CPU_PRECISION_HINT = {"fp32": "f32", "fp16": "", "int8": ""}
 
 
-def model_name(task: str, precision: str) -> str:
-    return f"vit_{task}_{precision}"
-
-
 def onnx_path(repository: Path, task: str, precision: str) -> Path:
     return repository / "onnx" / f"{task}_{precision}.onnx"
 
@@ -149,24 +140,18 @@ def _dims(values: tuple[int, ...] | list[int]) -> str:
 
 def tensor_blocks(contract: ModelContract, task: str) -> tuple[str, str]:
     """(inputs, outputs) of a model's config, as config.pbtxt text (also the jpeg ensembles')."""
+    spec = tasks.BY_NAME[task]
     h, w = contract.preprocessing.input_size
     inputs = f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: {_dims((3, h, w))} }}'
-    if task == "explain":  # one vit-explain discard ratio per image, in [0, 1)
-        inputs += f',\n  {{ name: "{DISCARD_RATIO}" data_type: TYPE_FP32 dims: [ 1 ] }}'
-    if task == ATTRIBUTION_TASK:  # the class to explain per image; -1 = top-1
-        inputs += f',\n  {{ name: "{TARGET_CLASS}" data_type: TYPE_INT32 dims: [ 1 ] }}'
+    second = spec.second_input
+    if second is not None:
+        inputs += f',\n  {{ name: "{second.name}" data_type: {second.triton_type} dims: [ 1 ] }}'
     outputs = [
         f'  {{ name: "{LOGITS}" data_type: TYPE_FP32 dims: {_dims((len(contract.labels),))}'
         ' label_filename: "labels.txt" }'
     ]
-    if task == "explain":
-        grid = _dims(contract.layout.grid)
-        outputs += [
-            f'  {{ name: "rollout_{f}" data_type: TYPE_FP32 dims: {grid} }}' for f in HEAD_FUSIONS
-        ]
-    if task == ATTRIBUTION_TASK:
-        grid = _dims(contract.layout.grid)
-        outputs.append(f'  {{ name: "{ATTRIBUTION}" data_type: TYPE_FP32 dims: {grid} }}')
+    grid = _dims(contract.layout.grid)
+    outputs += [f'  {{ name: "{name}" data_type: TYPE_FP32 dims: {grid} }}' for name in spec.maps]
     return inputs, ",\n".join(outputs)
 
 
@@ -247,16 +232,12 @@ def config_text(
     # repository that does not fit fails at start, never under load).
     warm = sorted({1, max_batch})
     h, w = contract.preprocessing.input_size
-    second = ""  # the warm-up value of the graph's second input, if it has one
-    if task == "explain":
+    second = ""  # the warm-up value of the graph's second input, if it has one: zeros (class 0)
+    second_input = tasks.BY_NAME[task].second_input
+    if second_input is not None:
         second = (
-            f'  inputs {{ key: "{DISCARD_RATIO}" value {{ data_type: TYPE_FP32 '
-            "dims: [ 1 ] zero_data: true } }\n"
-        )
-    if task == ATTRIBUTION_TASK:  # class 0 for every warm-up image
-        second = (
-            f'  inputs {{ key: "{TARGET_CLASS}" value {{ data_type: TYPE_INT32 '
-            "dims: [ 1 ] zero_data: true } }\n"
+            f'  inputs {{ key: "{second_input.name}" value {{ data_type: '
+            f"{second_input.triton_type} dims: [ 1 ] zero_data: true }} }}\n"
         )
     for batch in warm:
         lines.append(
@@ -305,9 +286,13 @@ def write(
             for old in target_dir.iterdir():
                 if old.is_dir() and old.name.startswith("vit_"):
                     shutil.rmtree(old)
-        jobs = [(task, p) for task in TASKS for p in precisions]
         served = precisions if attribution_precisions is None else attribution_precisions
-        jobs += [(ATTRIBUTION_TASK, p) for p in precisions if p in served]
+        jobs = [
+            (task.name, p)
+            for task in tasks.ALL
+            for p in precisions
+            if not task.map_gate or p in served  # a map-gated precision only when it passed
+        ]
         for task, precision in jobs:
             name = model_name(task, precision)
             if target == "gpu" and name in gpu_not_served:
