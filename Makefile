@@ -76,7 +76,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service local_triton loadtest release
+	$(BIN)/mypy service local_triton loadtest release build
 
 # New versions without downtime on a running Triton (release/; docs/versions.md): FROM is a
 # finished build (make repo REPO=FROM ARGS=...), TARGET what Triton serves (cpu: make serve;

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import platform
 import tempfile
@@ -72,7 +73,7 @@ def measure_model(repository: Path, size: tuple[int, int], seconds: float, threa
             path = str(onnx_path(repository, task, p))
             runner = runtimes.create_runner(runtime, path, threads, hint, max(BATCHES))
             for batch in BATCHES:
-                m = measure(lambda b=batch, r=runner: r.run(images[:b]), seconds)
+                m = measure(functools.partial(runner.run, images[:batch]), seconds)
                 m.update(task=task, runtime=runtime, precision=p, batch=batch)
                 m["images_per_s"] = round(batch / (m["median_ms"] / 1000), 2)
                 rows.append(m)

@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from build.bench import deletion, map_sources
 from build.contract import ModelContract
 from build.repository import runtimes
 from build.repository.writer import ATTRIBUTION_CPU_RUNTIME, onnx_path
+
+if TYPE_CHECKING:  # matplotlib is imported where the plot is drawn
+    from matplotlib.figure import Figure
 
 BASELINES = ("grey", "black", "blur")
 MAIN_BASELINE = "grey"
@@ -339,8 +343,8 @@ def markdown(result: dict, plot_name: str) -> str:
     ]
     for method in methods:
         if (method, "top-1", MAIN_BASELINE) in keyed:
-            cells = [_cell(keyed[method, "top-1", b]) for b in BASELINES]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            aucs = [_cell(keyed[method, "top-1", b]) for b in BASELINES]
+            lines.append(f"| {method} | " + " | ".join(aucs) + " |")
     lines += [
         "",
         "; ".join(f"{name}: {text}" for name, text in result["baselines"].items()) + ".",
@@ -358,7 +362,7 @@ def markdown(result: dict, plot_name: str) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path):
+def plot(result: dict, path: Path) -> Figure:
     """Mean deletion curves, one panel per target class, one line per map method (main baseline).
     Returns the saved figure (tests read its lines back)."""
     import matplotlib

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from build.repository.writer import (
     CPU_PRECISION_HINT,
     onnx_path,
 )
+
+if TYPE_CHECKING:  # torch only for the reference and rollout sources
+    import torch
 
 MapSource = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BATCH = 16  # OpenVINO's largest compiled bucket here; ONNX Runtime takes any batch
@@ -63,7 +67,7 @@ def served_attribution(
     return lambda images, targets: _batched(maps, images, targets)
 
 
-def torch_digits_model(repository: Path):
+def torch_digits_model(repository: Path) -> torch.nn.Module:
     """The offline default's trained weights, as the build saved them (source/digits_vit.pth)."""
     import torch
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import platform
 import statistics
@@ -67,9 +68,11 @@ def run(repository: Path, seconds: float, threads: int) -> dict:
     images = rng.integers(0, 256, (max(BATCHES), 3, *contract.preprocessing.input_size), np.uint8)
     rows = []
 
-    def record(task: str, precision: str, runtime: str, fn_for_batch) -> None:
+    def record(
+        task: str, precision: str, runtime: str, fn_for_batch: Callable[[np.ndarray], object]
+    ) -> None:
         for batch in BATCHES:
-            m = measure(lambda b=batch: fn_for_batch(images[:b]), seconds)
+            m = measure(functools.partial(fn_for_batch, images[:batch]), seconds)
             m.update(
                 task=task,
                 precision=precision,

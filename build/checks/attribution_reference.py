@@ -52,15 +52,19 @@ def _unfused_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, list[torch.T
     what attn_drop receives; fused attention never materialises it)."""
     private = copy.deepcopy(model).eval()
     captured: list[torch.Tensor] = []
-    for block in private.blocks:
-        block.attn.fused_attn = False
-        block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    for block in private.get_submodule("blocks").children():
+        attn = block.get_submodule("attn")
+        # nn.Module.__setattr__ is typed Tensor | Module; it stores any value
+        attn.fused_attn = False  # type: ignore[assignment]
+        attn.get_submodule("attn_drop").register_forward_hook(
+            lambda _m, _i, out: captured.append(out)
+        )
     return private, captured
 
 
 def attribution_reference(
     model: torch.nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | np.ndarray,
     target_classes: list[int] | np.ndarray | torch.Tensor,
     layout: TokenLayout,
     pre: Preprocessing | None = None,

@@ -51,7 +51,9 @@ def write_engine_reference(out: Path, heldout: source.Images, outputs: dict) -> 
     )
 
 
-def variants(out: Path, precisions, heldout: source.Images, threads: int) -> tuple[dict, dict]:
+def variants(
+    out: Path, precisions: tuple[str, ...], heldout: source.Images, threads: int
+) -> tuple[dict, dict]:
     """Accuracy/agreement of every variant on the held-out images, per runtime that serves it.
 
     Each logit set is computed once: the classify graph over every held-out image (accuracy, the

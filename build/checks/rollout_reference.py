@@ -29,7 +29,8 @@ def extract_attentions(model: torch.nn.Module, normalised: torch.Tensor) -> list
     private = copy.deepcopy(model).eval()
     for module in private.modules():
         if hasattr(module, "fused_attn"):
-            module.fused_attn = False
+            # nn.Module.__setattr__ is typed Tensor | Module; it stores any value
+            module.fused_attn = False  # type: ignore[assignment]
     extractor = AttentionExtract(private, method="hook")
     with torch.no_grad():
         maps = extractor(normalised)

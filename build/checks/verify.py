@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from build.checks import attribution_reference, rollout_reference
-from build.contract import Preprocessing, TokenLayout
+from build.contract import Preprocessing, TokenLayout, timm_attribute
 from build.graphs.modules import HEAD_FUSIONS, LOGITS, ClassifyGraph
 from build.repository.runtimes import Runner
 
@@ -190,7 +190,9 @@ def attribution_torch_reference(
 ) -> dict:
     """Per target set: the targets and the eager reference's logits and maps for every image."""
     out: dict = {}
-    for name, targets in attribution_targets(len(images), int(model.num_classes)).items():
+    for name, targets in attribution_targets(
+        len(images), int(timm_attribute(model, "num_classes"))
+    ).items():
         logits, maps = attribution_reference.attribution_reference(
             model, torch.from_numpy(images), targets, layout, pre
         )

@@ -8,6 +8,7 @@ buffers and dynamic shapes), no torch, no ONNX Runtime.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from build.checks.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
 from build.names import (
@@ -17,6 +18,10 @@ from build.names import (
     LOGITS,
     TARGET_CLASS,
 )
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the builder's import needs none
+    import numpy as np
+    from numpy.lib.npyio import NpzFile
 
 REFERENCE_FILE = Path("onnx") / "gpu" / "reference.npz"
 REFERENCE_IMAGES = 512  # classify logits; explain outputs for the first HEATMAP_IMAGES of them
@@ -44,7 +49,9 @@ def reference_key(task: str, precision: str, output: str) -> str:
     return f"{task}_{precision}.{output}"
 
 
-def write_reference(path: Path, images, labels, outputs: dict) -> None:
+def write_reference(
+    path: Path, images: np.ndarray, labels: np.ndarray | None, outputs: dict[str, np.ndarray]
+) -> None:
     """Called by make repo: images, labels (if any) and ONNX Runtime's outputs per gpu graph."""
     import numpy as np
 
@@ -56,7 +63,9 @@ def write_reference(path: Path, images, labels, outputs: dict) -> None:
     np.savez(path, **arrays)
 
 
-def _run(plan: bytes, images, max_batch: int, discard_ratio=None) -> dict:
+def _run(
+    plan: bytes, images: np.ndarray, max_batch: int, discard_ratio: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """The engine's outputs; explain engines get discard_ratio (zeros unless given, (N, 1))."""
     import numpy as np
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
@@ -82,7 +91,7 @@ def _run(plan: bytes, images, max_batch: int, discard_ratio=None) -> dict:
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _correlation(reference, candidate) -> float:
+def _correlation(reference: np.ndarray, candidate: np.ndarray) -> float:
     import numpy as np
 
     ref = reference.reshape(len(reference), -1).astype(np.float64)
@@ -93,7 +102,9 @@ def _correlation(reference, candidate) -> float:
     return float(((ref * cand).sum(1) / np.where(denom == 0, 1, denom)).mean())
 
 
-def verify_engine(plan: bytes, reference, task: str, precision: str, max_batch: int) -> dict:
+def verify_engine(
+    plan: bytes, reference: NpzFile, task: str, precision: str, max_batch: int
+) -> dict:
     """Numbers for the build report and `passed`; a failing engine is refused by the caller."""
     ref_logits = reference[reference_key(task, precision, LOGITS)]
     images = reference["images"][: len(ref_logits)]

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from build.contract import ModelContract
 from build.gpu_host import engine_check
@@ -43,6 +44,9 @@ from build.names import INPUT_NAME
 from build.repository import owner
 from build.repository.writer import TARGET_SETTINGS, gpu_onnx_path
 from build.tasks import PRECISIONS, VARIANT_TASKS, parse_model_name
+
+if TYPE_CHECKING:  # TensorRT is imported where it is used (make engines' container)
+    import tensorrt as trt
 
 TIMING_CACHES = Path("engines")
 
@@ -90,7 +94,7 @@ def timing_cache_file(repository: Path, tensorrt_version: str, gpu: dict) -> Pat
     return repository / TIMING_CACHES / f"timing-{tensorrt_version}-{name}-sm{capability}.cache"
 
 
-def attach_timing_cache(config, cache_file: Path) -> str:
+def attach_timing_cache(config: trt.IBuilderConfig, cache_file: Path) -> str:
     """Gives the builder config the cache in `cache_file` (or an empty one when there is none,
     or when TensorRT rejects it); returns "loaded", "new" or "rejected"."""
     serialized = cache_file.read_bytes() if cache_file.is_file() else b""

@@ -15,6 +15,7 @@ patch rows when the model has no CLS token) over the patch tokens and reshape it
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -48,6 +49,9 @@ __all__ = [
 class Normalise(nn.Module):
     """uint8 [0, 255] -> (x / 255 - mean) / std as one multiply-add."""
 
+    scale: torch.Tensor  # buffers
+    shift: torch.Tensor
+
     def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
         std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -69,10 +73,22 @@ class ClassifyGraph(nn.Module):
         return self.model(self.normalise(image))
 
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
+class TimmAttention(Protocol):
+    """What the graphs use of timm's ViT Attention module."""
+
+    fused_attn: bool  # scaled_dot_product_attention (no attention probabilities to capture)
+    attn_drop: nn.Module  # receives softmax(QK^T)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """timm's ViT blocks, in order."""
+    return list(model.get_submodule("blocks").children())
+
+
+def attention_modules(model: nn.Module) -> list[TimmAttention]:
     """The attention module of every transformer block, in order; fails loudly if one is missing."""
-    found = []
-    for i, block in enumerate(model.blocks):
+    found: list[TimmAttention] = []
+    for i, block in enumerate(transformer_blocks(model)):
         attn = getattr(block, "attn", None)
         if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
             raise ValueError(
@@ -98,13 +114,17 @@ class _AttentionGraph(nn.Module):
     """A copy of the model whose attention probabilities every forward pass collects, in block
     order (timm's fused attention off), plus the normalisation and an identity over its tokens."""
 
+    eye: torch.Tensor  # buffer
+
     def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
         super().__init__()
         self.normalise = Normalise(pre)
         self.model = copy.deepcopy(model).eval()
         self.layout = layout
         self._captured: list[torch.Tensor] = []
-        for attn in attention_modules(self.model):
+        attentions = attention_modules(self.model)
+        self.num_blocks = len(attentions)
+        for attn in attentions:
             attn.fused_attn = False
             # attn_drop is identity in eval mode and receives softmax(QK^T): the attention probs.
             attn.attn_drop.register_forward_hook(self._capture)
@@ -121,6 +141,8 @@ class ExplainGraph(_AttentionGraph):
 
     Inputs: image (B, 3, H, W) uint8 and discard_ratio (B, 1) float32, one ratio per image. The
     three head fusions run stacked as (B, 3, T, T), so each layer's discard is one bisection."""
+
+    keep: torch.Tensor  # buffer
 
     def __init__(self, model: nn.Module, pre: Preprocessing, layout: TokenLayout) -> None:
         super().__init__(model, pre, layout)
@@ -144,6 +166,7 @@ class ExplainGraph(_AttentionGraph):
             # Starting from A'_1 rather than I @ A'_1 keeps constants out of every MatMul, so the
             # INT8 recipe (which quantizes MatMuls with a constant operand) leaves rollout alone.
             result = a if result is None else torch.matmul(a, result)
+        assert result is not None
         prefix = self.layout.num_prefix_tokens
         if self.layout.query == "cls":
             row = result[:, :, 0, prefix:]
@@ -155,9 +178,9 @@ class ExplainGraph(_AttentionGraph):
         self._captured = []
         logits = self.model(self.normalise(image))
         attentions, self._captured = self._captured, []
-        if len(attentions) != len(self.model.blocks):
+        if len(attentions) != self.num_blocks:
             raise RuntimeError(
-                f"captured {len(attentions)} attention maps for {len(self.model.blocks)} blocks"
+                f"captured {len(attentions)} attention maps for {self.num_blocks} blocks"
             )
         maps = self._rollout(attentions, discard_ratio)
         return (logits, *maps.unbind(dim=1))
@@ -197,9 +220,9 @@ class AttributionGraph(_AttentionGraph):
             # only walks back as far as the first block's attention.
             logits = self.model(self.normalise(image).requires_grad_(True))
             attentions, self._captured = self._captured, []
-            if len(attentions) != len(self.model.blocks):
+            if len(attentions) != self.num_blocks:
                 raise RuntimeError(
-                    f"captured {len(attentions)} attention maps for {len(self.model.blocks)} blocks"
+                    f"captured {len(attentions)} attention maps for {self.num_blocks} blocks"
                 )
             target = target_class.reshape(-1, 1).long()
             top1 = logits.argmax(dim=-1, keepdim=True)

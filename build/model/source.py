@@ -11,11 +11,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from build.contract import Preprocessing
+from build.contract import Preprocessing, timm_attribute
 from build.model import digits
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def offline_default(seed: int = 0) -> LoadedModel:
 
 
 def _labels_for(model: torch.nn.Module, labels_file: Path | None) -> list[str]:
-    num_classes = int(model.num_classes)
+    num_classes = int(timm_attribute(model, "num_classes"))
     if labels_file is not None:
         labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
         if len(labels) != num_classes:
@@ -101,7 +102,7 @@ def timm_model(
 
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise SourceError(f"unknown timm model {name!r} (see timm.list_models('vit_*'))")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     try:
         if checkpoint is not None:
             if not checkpoint.is_file():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from build.contract import Preprocessing
@@ -29,6 +30,8 @@ from build.names import JPEG_INPUT
 
 if TYPE_CHECKING:
     import numpy as np
+    from nvidia.dali.data_node import DataNode
+    from nvidia.dali.pipeline import Pipeline
 
 DEVICES = ("gpu", "cpu")  # gpu: the repository's model.dali; cpu: the gate and the tests here
 # timm interpolation name -> DALI interpolation (types.DALIInterpType member), antialiased like
@@ -53,7 +56,7 @@ class Unsupported(ValueError):
     """The model's preprocessing has no exact DALI equivalent here; the message says what."""
 
 
-def require():
+def require() -> ModuleType:
     """nvidia.dali, or DaliMissing with a one-line reason."""
     try:
         import nvidia.dali as dali
@@ -80,7 +83,7 @@ def check_supported(pre: Preprocessing) -> None:
         raise Unsupported(f"--preprocess dali: crop_mode {pre.crop_mode!r} is not supported")
 
 
-def _centre_start(resized, target: int):
+def _centre_start(resized: DataNode, target: int) -> DataNode:
     """torchvision CenterCrop's offset, in non-negative integer arithmetic (DALI's // and the
     missing % on negative numbers are not Python's): round((resized - target) / 2) half to even
     when the image is larger; minus the left padding (pad // 2) when it is smaller."""
@@ -94,7 +97,7 @@ def _centre_start(resized, target: int):
     return half + odd * half_is_odd - smaller // 2
 
 
-def define(pre: Preprocessing, device: str):
+def define(pre: Preprocessing, device: str) -> DataNode:
     """The graph, inside an open `with pipeline:`: returns the uint8 [3, H, W] output node."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
@@ -135,7 +138,9 @@ def define(pre: Preprocessing, device: str):
     return fn.transpose(image, perm=[2, 0, 1])
 
 
-def create(pre: Preprocessing, device: str, batch_size: int, num_threads: int = NUM_THREADS):
+def create(
+    pre: Preprocessing, device: str, batch_size: int, num_threads: int = NUM_THREADS
+) -> Pipeline:
     """A pipeline, not built. The gpu variant has device_id=None too: it is only serialized here
     (creating it on a device needs CUDA); Triton's DALI backend creates it from model.dali on its
     instance's GPU, with the config's max_batch_size and num_threads (dali_backend
@@ -160,7 +165,7 @@ def serialize(pre: Preprocessing, device: str, batch_size: int, path: Path) -> N
     create(pre, device, batch_size).serialize(filename=str(path))
 
 
-def load_cpu(serialized: bytes, batch_size: int, num_threads: int = NUM_THREADS):
+def load_cpu(serialized: bytes, batch_size: int, num_threads: int = NUM_THREADS) -> Pipeline:
     """A serialized cpu-variant pipeline, built and ready for run()."""
     dali = require()
     pipe = dali.Pipeline.deserialize(
@@ -174,13 +179,17 @@ def load_cpu(serialized: bytes, batch_size: int, num_threads: int = NUM_THREADS)
     return pipe
 
 
-def run(pipe, jpegs: list[np.ndarray]) -> np.ndarray:
+def run(pipe: Pipeline, jpegs: list[np.ndarray]) -> np.ndarray:
     """uint8 [N, 3, H, W] for N <= the pipeline's batch size JPEGs (uint8 1-D arrays each)."""
+    from nvidia.dali.tensors import TensorListCPU
+
     pipe.feed_input(JPEG_INPUT, jpegs)
     (images,) = pipe.run()
+    if not isinstance(images, TensorListCPU):
+        raise TypeError("run() takes a cpu pipeline (load_cpu, cpu_pipeline)")
     return images.as_array()
 
 
-def cpu_pipeline(pre: Preprocessing, batch_size: int, num_threads: int = NUM_THREADS):
+def cpu_pipeline(pre: Preprocessing, batch_size: int, num_threads: int = NUM_THREADS) -> Pipeline:
     """The cpu variant through serialize and deserialize, as a Triton model would get it."""
     return load_cpu(create(pre, "cpu", batch_size, num_threads).serialize(), batch_size)

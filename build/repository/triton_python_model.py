@@ -9,9 +9,12 @@ models have target_class (INT32 [1] per image, -1 = top-1), passed on as it is (
 negatives to the top-1 class and clamps classes past the last one).
 """
 
+from __future__ import annotations  # pb_utils' types are named, never evaluated
+
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -28,7 +31,7 @@ from runtimes import (
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = os.path.join(args["model_repository"], args["model_version"])
@@ -52,28 +55,33 @@ class TritonPythonModel:
         )
 
     @staticmethod
-    def _share_of_cores(config):
+    def _share_of_cores(config: dict[str, Any]) -> int:
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         return max(1, default_threads() // instances)
 
-    def _ratios(self, request):
+    def _ratios(self, request: pb_utils.InferenceRequest) -> np.ndarray | str:
         """The request's discard ratios, or an error message when one is outside [0, 1)."""
         ratios = pb_utils.get_input_tensor_by_name(request, DISCARD_RATIO).as_numpy()
         bad = ratios[~((ratios >= 0) & (ratios < 1))]  # NaN is bad too
         if bad.size:
-            return None, f"{DISCARD_RATIO} must be in [0, 1); got {float(bad[0])}"
-        return ratios.reshape(-1, 1), None
+            return f"{DISCARD_RATIO} must be in [0, 1); got {float(bad[0])}"
+        return ratios.reshape(-1, 1)
 
-    def execute(self, requests):
+    def execute(
+        self, requests: list[pb_utils.InferenceRequest]
+    ) -> list[pb_utils.InferenceResponse | None]:
         # The dynamic batcher hands over several requests: run them as one batch, split after.
         # A request with an invalid discard_ratio gets its own error; the others still run.
-        responses = [None] * len(requests)
-        arrays, ratios, classes, valid = [], [], [], []
+        responses: list[pb_utils.InferenceResponse | None] = [None] * len(requests)
+        arrays: list[np.ndarray] = []
+        ratios: list[np.ndarray] = []
+        classes: list[np.ndarray] = []
+        valid: list[int] = []
         for i, request in enumerate(requests):
             if self.takes_ratio:
-                ratio, message = self._ratios(request)
-                if message:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                ratio = self._ratios(request)
+                if isinstance(ratio, str):  # the error message
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(ratio))
                     continue
                 ratios.append(ratio)
             if self.takes_class:

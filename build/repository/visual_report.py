@@ -20,11 +20,16 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from build.repository import runtimes
 from build.repository.writer import CPU_PRECISION_HINT, PRECISIONS, TASKS, model_name, onnx_path
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 SAMPLES = 6
@@ -32,13 +37,13 @@ REPORT_NAME = "build_report.html"
 RUNTIMES = ("onnxruntime", "openvino")
 
 
-def _png(fig) -> str:
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _bar_panel(ax, variants: dict, task: str, key: str, title: str) -> None:
+def _bar_panel(ax: Axes, variants: dict, task: str, key: str, title: str) -> None:
     precisions = [p for p in PRECISIONS if p in variants]
     width = 0.8 / len(RUNTIMES)
     lows = []
