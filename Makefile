@@ -76,7 +76,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service local_triton loadtest release fuzz scripts
+	$(BIN)/mypy service local_triton loadtest release build fuzz scripts
 
 # New versions without downtime on a running Triton (release/; docs/versions.md): FROM is a
 # finished build (make repo REPO=FROM ARGS=...), TARGET what Triton serves (cpu: make serve;
@@ -93,11 +93,11 @@ versions: $(STAMP)
 	$(BIN)/python -m release status --repository $(REPO) --target $(TARGET)
 
 bench: $(STAMP) $(BUILT)
-	$(BIN)/python -m build.bench $(ARGS)
+	$(BIN)/python -m build.bench.throughput $(ARGS)
 
 # Deletion test of the explanation maps on the default (digits) model's held-out images.
 bench-faithfulness: $(STAMP) $(BUILT)
-	$(BIN)/python -m build.faithfulness $(ARGS)
+	$(BIN)/python -m build.bench.faithfulness $(ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest $(ARGS)

@@ -1,7 +1,7 @@
 """make bench-sharing: does /classify keep its p99 while /explain bursts? Triton's rate limiter
-off, with priorities alone, and as served (build/repository.py, local_triton.launcher.RateLimit),
-on one machine, interleaved (off, priority, on, then on, priority, off, ...), with the project's
-open-loop generator:
+off, with priorities alone, and as served (build/repository/writer.py,
+local_triton.launcher.RateLimit), on one machine, interleaved (off, priority, on, then on, priority,
+off, ...), with the project's open-loop generator:
 
   alone   /classify at --classify-rate for --seconds
   burst   the same /classify load while /explain arrives at --explain-rate (at or past what the

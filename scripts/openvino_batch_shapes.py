@@ -1,6 +1,7 @@
 """Memory, compile time and CPU per image of one OpenVINO instance as the cpu target serves it,
 with one fixed-shape model per power-of-two batch (the design before 2026-12) or one model with a
-bounded dynamic batch (build/runtimes.py now): the numbers behind docs/build.md "Serving on CPU".
+bounded dynamic batch (build/repository/runtimes.py now): the numbers behind docs/build.md "Serving
+on CPU".
 
   python scripts/openvino_batch_shapes.py ONNX [ONNX ...] [--max-batch 16] [--threads 1]
       [--out docs/benchmarks/openvino-batch-shapes.json]
@@ -50,7 +51,7 @@ def feeds(model: ov.Model, batch: int) -> dict[str, np.ndarray]:
 def measure(path: str, mode: str, max_batch: int, threads: int) -> dict:
     import openvino as ov
 
-    from build.runtimes import batch_buckets
+    from build.repository.runtimes import batch_buckets
 
     core = ov.Core()
     config = {

@@ -38,7 +38,7 @@ def contract(repository: Path) -> ModelContract:
 
 @pytest.fixture(scope="session")
 def heldout():
-    from build import digits
+    from build.model import digits
 
     return digits.load_splits()[1]
 

@@ -75,8 +75,8 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def skip_unless_served(repository: Path, target: str, task: str, precision: str) -> None:
     """A model the build left out on purpose skips, with the gate's own reason: an attribution
-    precision whose map-agreement gate failed on this machine's CPU (build/gates.py; int8 on a
-    CPU without AVX512-VNNI, docs/build.md). Any other missing model is a failure."""
+    precision whose map-agreement gate failed on this machine's CPU (build/checks/gates.py; int8 on
+    a CPU without AVX512-VNNI, docs/build.md). Any other missing model is a failure."""
     import json
 
     name = f"vit_{task}_{precision}"

@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from build.names import PREPROCESS_MODEL, jpeg_model_name
-from build.repository import (
+from build.repository.writer import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
     EXPLAIN_RESOURCE,

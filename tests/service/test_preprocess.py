@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from timm.data import create_transform
 
-from build import runtimes
-from build.repository import onnx_path
+from build.repository import runtimes
+from build.repository.writer import onnx_path
 from service.images import decode
 from service.model_info import ModelMetadata
 from service.preprocess import FULL_RESIZE_MAX_AREA, Spec, draft_request, preprocess
