@@ -28,7 +28,7 @@ help:
 	@echo "make publish FROM=DIR  serve the build in DIR as the next version, no downtime (make rollback, make versions)"
 	@echo "make engines build and verify TensorRT engines for $(REPO)/gpu (GPU host, TensorRT container)"
 	@echo "make test-gpu the gpu-marked tests in the TensorRT container (GPU host)"
-	@echo "make lint    ruff check, ruff format --check, mypy on the gateway, launcher, loadtest, release"
+	@echo "make lint    ruff check, ruff format --check, mypy on the gateway, launcher, loadtest, release, fuzz, scripts"
 	@echo "make check-deploy  only the deployment checks: compose, Dockerfiles, Kubernetes, monitoring"
 
 install: $(STAMP)
@@ -76,7 +76,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service local_triton loadtest release
+	$(BIN)/mypy service local_triton loadtest release build fuzz scripts
 
 # New versions without downtime on a running Triton (release/; docs/versions.md): FROM is a
 # finished build (make repo REPO=FROM ARGS=...), TARGET what Triton serves (cpu: make serve;
@@ -93,11 +93,11 @@ versions: $(STAMP)
 	$(BIN)/python -m release status --repository $(REPO) --target $(TARGET)
 
 bench: $(STAMP) $(BUILT)
-	$(BIN)/python -m build.bench $(ARGS)
+	$(BIN)/python -m build.bench.throughput $(ARGS)
 
 # Deletion test of the explanation maps on the default (digits) model's held-out images.
 bench-faithfulness: $(STAMP) $(BUILT)
-	$(BIN)/python -m build.faithfulness $(ARGS)
+	$(BIN)/python -m build.bench.faithfulness $(ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest $(ARGS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is not needed to read a contract (the TensorRT container has none)
     import torch
@@ -85,6 +85,18 @@ class ModelContract:
         )
 
 
+def timm_attribute(module: torch.nn.Module, name: str) -> Any:
+    """A plain attribute timm sets on its modules (num_classes, img_size, ...). nn.Module's typing
+    says attributes are tensors or modules (its __getattr__ finds parameters, buffers and
+    submodules); plain attributes are found before it, with whatever type timm gave them."""
+    return getattr(module, name)
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    red, green, blue = (float(v) for v in values)
+    return (red, green, blue)
+
+
 def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
@@ -123,12 +135,12 @@ def preprocessing(model: torch.nn.Module) -> Preprocessing:
     crop_mode = cfg.get("crop_mode", "center")
     if crop_mode != "center":
         raise ValueError(f"crop_mode {crop_mode!r} is not supported (only 'center')")
-    height, width = _pair(model.patch_embed.img_size)
+    height, width = _pair(timm_attribute(model.get_submodule("patch_embed"), "img_size"))
     return Preprocessing(
         input_size=(height, width),
         interpolation=str(cfg["interpolation"]),
         crop_pct=float(cfg["crop_pct"]),
         crop_mode=crop_mode,
-        mean=tuple(float(m) for m in cfg["mean"]),
-        std=tuple(float(s) for s in cfg["std"]),
+        mean=_rgb(cfg["mean"]),
+        std=_rgb(cfg["std"]),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def one_input(data: bytes) -> None:
                 data,
                 MAX_PIXELS,
                 (255, 255, 255),
-                draft=lambda w, h, spec=spec: preprocess.draft_request(w, h, spec),
+                draft=partial(preprocess.draft_request, spec=spec),
                 max_aspect_ratio=MAX_ASPECT_RATIO,
             )
             tensor, _box = preprocess.preprocess(img, spec)

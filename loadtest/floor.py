@@ -8,15 +8,15 @@ JSON. On a GPU host the model leaves the cores, so this is what the cores must p
 per request at the fixed rate, and cores per 1,000 images/s (= core-ms per image).
 
 Both of /classify's paths are measured: each classify model also gets a null <model>_jpeg with
-the DALI ensemble's interface (build/jpeg_ensemble.py: the JPEG file's bytes in, the model's
-outputs out), and model.json names the ensembles, so a gateway with JPEG_TO_TRITON on sends its
-JPEG uploads there as bytes after the header checks (service/jpeg_path.py), and one with it off
+the DALI ensemble's interface (build/repository/jpeg_ensemble.py: the JPEG file's bytes in, the
+model's outputs out), and model.json names the ensembles, so a gateway with JPEG_TO_TRITON on sends
+its JPEG uploads there as bytes after the header checks (service/jpeg_path.py), and one with it off
 decodes and resizes them. On a GPU host nvJPEG decodes; here nothing does, so the floor is the
 gateway's share of that path.
 
 The real configs come from the source repository where it has them (cpu/<model>/config.pbtxt);
-a source with only model.json gets the configs `make repo` would write for it (build/
-repository.py), so a model's floor needs no build (bench_e2e writes model.json alone).
+a source with only model.json gets the configs `make repo` would write for it
+(build/repository/writer.py), so a model's floor needs no build (bench_e2e writes model.json alone).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from build import repository
 from build.contract import JpegEnsembles, ModelContract
 from build.names import JPEG_INPUT, JPEG_MODEL_SUFFIX, jpeg_model_name
+from build.repository import writer
 
 # The model Triton runs instead of the real one: every output, right shape and dtype, constant.
 # Outputs are built once per batch size and reused (the cost stays out of the measurement).
@@ -104,13 +104,13 @@ def _served_config(
     if path.is_file():
         text = path.read_text()
     else:
-        text = repository.config_text(contract, "cpu", task, precision)
+        text = writer.config_text(contract, "cpu", task, precision)
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def _jpeg_stand_in(model: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
-    """<model>_jpeg as the gateway sees the DALI ensemble (build/jpeg_ensemble.py): one JPEG
-    file per request in (UINT8 [-1], ragged), the model's outputs out. Batching and instances
+    """<model>_jpeg as the gateway sees the DALI ensemble (build/repository/jpeg_ensemble.py): one
+    JPEG file per request in (UINT8 [-1], ragged), the model's outputs out. Batching and instances
     stay the model's: the null model's cost, as on the tensor path."""
     config = model_config_pb2.ModelConfig()
     config.CopyFrom(model)
@@ -138,7 +138,7 @@ def write_contract(model: str, dest: Path) -> Path:
     (preprocessing, token layout, labels), without the build: all the floor needs of a model.
     Creates the model (torch, timm: seconds, offline)."""
     from build.contract import preprocessing, token_layout
-    from build.source import timm_model
+    from build.model.source import timm_model
 
     loaded = timm_model(model, False, None, None, None)
     contract = ModelContract(
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="timm model name")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    from build.source import SourceError  # torch: only for this command
+    from build.model.source import SourceError  # torch: only for this command
 
     try:
         print(f"wrote {write_contract(args.model, args.out)}")

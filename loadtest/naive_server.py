@@ -29,7 +29,7 @@ from timm.data import create_transform
 def load_model(repository: Path) -> tuple[torch.nn.Module, object, list[str]]:
     meta = json.loads((repository / "model.json").read_text())
     if meta["origin"] == "offline-digits":
-        from build import digits
+        from build.model import digits
 
         model = digits.create_model()
         weights = repository / "source" / "digits_vit.pth"

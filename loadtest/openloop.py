@@ -8,19 +8,25 @@ requests) the run is marked invalid rather than reported as the server's latency
 
 run_closed() is the closed loop, for comparison with tools that work that way; its results carry
 mode "closed-loop" and every report prints that label beside them.
+
+BackgroundLoad is the same open loop (constant arrivals) in a thread of its own, until stopped,
+keeping every request's record (Shot): a caller kills processes while it runs, then looks at what
+each request got, and when (the fault tests, scripts/soak.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import httpx
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
@@ -88,6 +94,24 @@ def schedule(rate: float, duration_s: float, arrival: str, seed: int = 0) -> lis
             t += rng.expovariate(rate)
         return times
     raise ValueError(f"arrival must be 'constant' or 'poisson', not {arrival!r}")
+
+
+async def paced(
+    offsets: list[float],
+    start: float,
+    clock: Callable[[], float] = time.perf_counter,
+    halt: threading.Event | None = None,
+) -> AsyncIterator[tuple[int, float, float]]:
+    """(index, offset, scheduled time) of each send as it falls due on `clock`, never waiting for
+    earlier answers; ends with the schedule, or early once `halt` is set."""
+    for index, offset in enumerate(offsets):
+        if halt is not None and halt.is_set():
+            return
+        scheduled = start + offset
+        delay = scheduled - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield index, offset, scheduled
 
 
 def percentiles(hist: HdrHistogram) -> dict[str, float]:
@@ -203,11 +227,7 @@ async def run(
         tasks: list[asyncio.Task[None]] = []
         cpu0, start = time.process_time(), time.perf_counter()
         next_report = 1.0
-        for index, offset in enumerate(offsets):
-            scheduled = start + offset
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for index, offset, scheduled in paced(offsets, start):
             if (time.perf_counter() - scheduled) * 1000 > LATE_MS:
                 late += 1
             tasks.append(asyncio.create_task(rec.timed(send, index, start, scheduled)))
@@ -281,3 +301,88 @@ def capacity_at_slo(
     error rate. Closed-loop runs never count: their p99 hides stalls."""
     passing = [r.rate for r in results if passes(r, slo_p99_ms, max_error_rate)]
     return max(passing) if passing else None
+
+
+@dataclass
+class Shot:
+    """One request of a BackgroundLoad; times are time.monotonic()."""
+
+    scheduled: float  # when the request was due to leave
+    done: float  # when its answer (or error) came
+    status: int  # 0: no HTTP answer (see error)
+    error: str | None = None  # transport error or timeout
+    code: str | None = None  # the JSON error code of a non-200 answer
+    retry_after: str | None = None
+
+    @property
+    def latency(self) -> float:
+        """From the scheduled send time: lateness of the generator counts too."""
+        return self.done - self.scheduled
+
+
+class BackgroundLoad(threading.Thread):
+    """Open-loop POSTs of one body at a constant `rate` from a background thread, from start()
+    until stop() (or max_duration_s), each request's Shot kept."""
+
+    def __init__(
+        self,
+        url: str,
+        body: bytes,
+        rate: float,
+        path: str = "/classify",
+        content_type: str = "image/png",
+        params: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+        max_duration_s: float = 900.0,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body, self.rate, self.path = url, body, rate, path
+        self.content_type, self.params = content_type, params or {}
+        self.timeout_s, self.max_duration_s = timeout_s, max_duration_s
+        self.shots: list[Shot] = []
+        self.started_at = 0.0  # time.monotonic() of the first send
+        self._halt = threading.Event()
+
+    def stop(self) -> list[Shot]:
+        """Stop sending, wait for every answer, return the records (sorted by schedule)."""
+        self._halt.set()
+        self.join()
+        return sorted(self.shots, key=lambda s: s.scheduled)
+
+    def run(self) -> None:
+        run_sync(self._run())
+
+    async def _run(self) -> None:
+        offsets = schedule(self.rate, self.max_duration_s, "constant")
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout_s, limits=limits
+        ) as client:
+            tasks = []
+            self.started_at = start = time.monotonic()
+            async for _, _, scheduled in paced(offsets, start, time.monotonic, self._halt):
+                tasks.append(asyncio.create_task(self._one(client, scheduled)))
+            await asyncio.gather(*tasks)
+
+    async def _one(self, client: httpx.AsyncClient, scheduled: float) -> None:
+        try:
+            r = await client.post(
+                self.path,
+                params=self.params,
+                content=self.body,
+                headers={"Content-Type": self.content_type},
+            )
+        except httpx.HTTPError as exc:
+            self.shots.append(Shot(scheduled, time.monotonic(), 0, error=type(exc).__name__))
+            return
+        code = None
+        if r.status_code != 200:
+            try:
+                code = r.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = "(not JSON)"
+        self.shots.append(
+            Shot(
+                scheduled, time.monotonic(), r.status_code, None, code, r.headers.get("retry-after")
+            )
+        )

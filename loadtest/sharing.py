@@ -1,7 +1,7 @@
 """make bench-sharing: does /classify keep its p99 while /explain bursts? Triton's rate limiter
-off, with priorities alone, and as served (build/repository.py, local_triton.launcher.RateLimit),
-on one machine, interleaved (off, priority, on, then on, priority, off, ...), with the project's
-open-loop generator:
+off, with priorities alone, and as served (build/repository/writer.py,
+local_triton.launcher.RateLimit), on one machine, interleaved (off, priority, on, then on, priority,
+off, ...), with the project's open-loop generator:
 
   alone   /classify at --classify-rate for --seconds
   burst   the same /classify load while /explain arrives at --explain-rate (at or past what the
@@ -94,7 +94,7 @@ def subset_repository(repository: Path, names: list[str], dest: Path) -> Path:
 def start_triton(repository: Path, arm: str, log: IO[str]) -> LocalTriton:
     """A ready Triton with the rate limiter as the arm says and no response cache, at nice +10
     (processes.SERVER_NICENESS: the generator stands in for remote clients)."""
-    ports = Ports(processes.free_port(), processes.free_port(), processes.free_port())
+    ports = Ports.free()
     extra: tuple[str, ...] = ()
     if arm == "priority":
         limit = RateLimit.for_repository(repository / "cpu")
@@ -111,7 +111,7 @@ def start_triton(repository: Path, arm: str, log: IO[str]) -> LocalTriton:
     )
     triton.start(ready_timeout_s=900)
     assert triton.process is not None
-    processes.lower_priority(triton.process.pid)
+    processes.lower_priority(triton.process.pid, processes.SERVER_NICENESS)
     if arm == "nice":
         renice_stubs(triton.process.pid, "/vit_explain_", 19)
     return triton
@@ -209,7 +209,7 @@ class Bench:
                     self.phases(round_index, arm, via, triton, gateway.url if gateway else "")
             finally:
                 if gateway is not None:
-                    processes.stop(gateway)
+                    gateway.stop()
                 triton.stop()
 
     def phases(

@@ -30,10 +30,12 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from local_triton import pbtxt
+from local_triton.procfs import free_port
 from local_triton.progress import LoadProgress, LogFollower, repository_models, session_cpu_seconds
 
-# Read by the python models (build/triton_python_model.py; build/runtimes.OPENVINO_CACHE_ENV):
-# this package is copied into the cpu image without build/.
+# Read by the python models (build/repository/triton_python_model.py;
+# build/repository/runtimes.OPENVINO_CACHE_ENV): this package is copied into the cpu image without
+# build/.
 OPENVINO_CACHE_ENV = "OPENVINO_CACHE_DIR"
 # Waiting for Triton: as long as it makes progress (launcher docstring of LocalTriton.start).
 STALL_TIMEOUT_S = 180.0
@@ -55,6 +57,11 @@ class Ports:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Three loopback ports nothing listens on now (tests, benches: several at once)."""
+        return cls(free_port(), free_port(), free_port())
 
 
 @dataclass(frozen=True)
@@ -150,9 +157,9 @@ class ResponseCache:
     """Triton's response cache, the `local` implementation (the wheel ships it under caches/, the
     NGC image under /opt/tritonserver/caches): a request whose model, version and input bytes
     equal an earlier one's is answered from memory without running the model. Only models whose
-    config says `response_cache { enable: true }` use it (build/repository.response_cache). LRU
-    eviction within size_bytes, allocated at start. The same size is in docker-compose.yml and
-    deploy/ (checked by a test); README "Sharing one GPU" says how to size it from
+    config says `response_cache { enable: true }` use it (build/repository/writer.response_cache).
+    LRU eviction within size_bytes, allocated at start. The same size is in docker-compose.yml and
+    deploy/ (checked by a test); docs/operations.md "Sharing one GPU" says how to size it from
     nv_cache_num_evictions and the hit ratio."""
 
     size_bytes: int = 128 * 2**20  # ~20,000 answers of a 1000-class ViT-B/16 explain model
@@ -164,7 +171,7 @@ class ResponseCache:
         return flags
 
 
-# The resources the model configs name (build/repository.py, checked equal by a test): every
+# The resources the model configs name (build/repository/writer.py, checked equal by a test): every
 # instance takes an execution slot; /explain's and attribution's also take an explain slot.
 EXECUTION_SLOT, EXPLAIN_SLOT = "execution_slot", "explain_slot"
 
@@ -174,7 +181,7 @@ class RateLimit:
     """Triton's rate limiter (--rate-limit=execution_count): a model instance runs only when the
     resources its config names are free, and among instances that wait for them the one with the
     lowest (executions so far x priority) goes first, so /classify's instances (priority 1) are
-    chosen before /explain's and attribution's (build/repository.RATE_LIMIT_PRIORITY).
+    chosen before /explain's and attribution's (build/repository/writer.RATE_LIMIT_PRIORITY).
 
     resources: (name, copies per device). Triton's own default for a resource is the largest
     count one instance asks for (1: one execution at a time on the whole machine). From a

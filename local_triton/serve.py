@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
-import tempfile
+from pathlib import Path
 
+from local_triton.gateway import GatewayLaunchError, LocalGateway
 from local_triton.launcher import add_server_arguments, start_from_args, stop_requested
-
-
-def gateway_command(host: str, port: int, workers: int) -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-        "--host", host, "--port", str(port), "--workers", str(workers),
-        "--timeout-graceful-shutdown", "10", "--no-server-header",
-        "--no-access-log",  # the gateway writes its own, with the trace id (ACCESS_LOG)
-    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,32 +23,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", 1)))
     add_server_arguments(parser)
     args = parser.parse_args(argv)
-    running: list[subprocess.Popen] = []  # the gateway, once started: a signal stops it first
+    running: list[LocalGateway] = []  # the gateway, once started: a signal stops it first
 
     def stop_gateway() -> None:
         for gateway in running:
-            gateway.send_signal(signal.SIGTERM)
+            gateway.terminate()
 
     requested = stop_requested(stop_gateway)
     triton = start_from_args(args, requested)
     if triton is None:
         return 0 if requested.is_set() else 2
-    ports = triton.ports
-    print(
-        f"Triton ready on gRPC :{ports.grpc}; starting the gateway on {args.host}:{args.port}",
-        flush=True,
-    )
-    env = dict(os.environ)
-    env.setdefault("TRITON_URL", f"127.0.0.1:{ports.grpc}")
-    env.setdefault("MODEL_METADATA", str(args.repository.parent / "model.json"))
-    # Prometheus multiprocess mode: every uvicorn worker writes here, /metrics adds them up.
-    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vit-gateway-metrics-")
-    gateway = subprocess.Popen(gateway_command(args.host, args.port, args.workers), env=env)
-    running.append(gateway)
-    if requested.is_set():  # the signal came while the gateway was being started
-        stop_gateway()
-    code = gateway.wait()
-    triton.stop()
+    try:
+        ports = triton.ports
+        print(
+            f"Triton ready on gRPC :{ports.grpc}; starting the gateway on {args.host}:{args.port}",
+            flush=True,
+        )
+        gateway = LocalGateway(
+            # An environment's own TRITON_URL / MODEL_METADATA win (setdefault).
+            os.environ.get("TRITON_URL", f"127.0.0.1:{ports.grpc}"),
+            Path(os.environ.get("MODEL_METADATA", args.repository.parent / "model.json")),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=None,  # uvicorn's info: its startup lines on the terminal
+            ready_timeout_s=600,
+            cwd=None,
+        )
+        running.append(gateway)
+        try:
+            gateway.start(abort=requested)
+        except GatewayLaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if requested.is_set():  # the signal came while the gateway was being started
+            stop_gateway()
+        else:
+            print(
+                f"gateway ready on http://{args.host}:{args.port} (Ctrl-C stops both)", flush=True
+            )
+        code = gateway.wait()
+    finally:
+        for gateway in running:
+            gateway.stop()
+        triton.stop()
     return code if code > 0 else 0
 
 

@@ -1,6 +1,7 @@
 """CPU cost per image of JPEG decode + resize + crop at 224 px: the gateway's Pillow path against
-NVIDIA DALI's cpu pipeline (build/dali_pipeline.py, the definition the gpu target serves with the
-mixed decoder), and what the gateway still does per JPEG when it sends bytes (header checks).
+NVIDIA DALI's cpu pipeline (build/repository/dali_pipeline.py, the definition the gpu target serves
+with the mixed decoder), and what the gateway still does per JPEG when it sends bytes (header
+checks).
 
 Core-ms = process CPU time (every thread, DALI's workers included) per image; wall ms per image
 beside it. Corpus: loadtest/corpus.py's default JPEGs (24 photos, 211-2048 px). Writes
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from build import dali_gate, dali_pipeline
+from build.checks import dali_gate
+from build.repository import dali_pipeline
 from loadtest.corpus import default_corpus
 from service import images, jpeg_path, preprocess
 

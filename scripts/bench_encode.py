@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,7 @@ SIDES = (512, 1024, 2048)
 OUT = Path("docs/benchmarks/explain-encode")
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -47,7 +48,8 @@ def main() -> None:
     grid = np.random.default_rng(0).random((14, 14)).astype(np.float32)  # ViT-B/16's grid
     rows = []
     for side in SIDES:
-        img = photo.resize((side, round(side * photo.height / photo.width)), Image.BICUBIC)
+        height = round(side * photo.height / photo.width)
+        img = photo.resize((side, height), Image.Resampling.BICUBIC)
         box = CropBox((img.width - img.height) / 2, 0, (img.width + img.height) / 2, img.height)
 
         blend = partial(overlay, img, img.size, grid, box, "inferno", 0.5, side)

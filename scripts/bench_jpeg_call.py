@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from tritonclient.grpc import aio as grpcaio
@@ -44,6 +45,26 @@ from service.triton import TritonBackend, channel_args
 OUT = Path("docs/benchmarks/jpeg-call")
 MODEL = "vit_classify_int8"
 IN_FLIGHT = 4  # calls at once, as a loaded gateway has several requests in flight
+
+
+class Row(TypedDict):
+    median: float  # core-ms per call, median of the rounds
+    rounds: list[float]
+
+
+class Machine(TypedDict):
+    cpu: str
+    cores_usable: int
+    load_average: list[float]
+
+
+class Result(TypedDict):  # docs/benchmarks/jpeg-call.json
+    command: str
+    measured: str
+    machine: Machine
+    files: int
+    in_flight: int
+    core_ms_per_call: dict[str, Row]
 
 
 async def core_ms_per_call(call: Callable[[int], Awaitable[object]], calls: int) -> float:
@@ -128,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             triton.stop()
             log.close()
-    rows = {
+    rows: dict[str, Row] = {
         name: {"median": round(statistics.median(v), 3), "rounds": [round(x, 3) for x in v]}
         for name, v in found.items()
     }
     command = "PYTHONPATH=. .venv/bin/python scripts/bench_jpeg_call.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    result = {
+    result: Result = {
         "command": command.strip(),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {

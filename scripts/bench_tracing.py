@@ -30,15 +30,19 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loadtest import floor, processes
 from loadtest.corpus import default_corpus
-from local_triton.serve import gateway_command
+from loadtest.otlp_receiver import OtlpReceiver
+from local_triton.gateway import LocalGateway
 from service import tracing
-from tests.otlp_receiver import OtlpReceiver
 
 OUT = Path("docs/benchmarks/tracing-cost")
 MODEL = "vit_classify_fp32"
@@ -53,20 +57,24 @@ CONFIGS = {
 }
 
 
-def gateway(name: str, grpc_port: int, repository: Path, env: dict, logs: Path):
-    port = processes.free_port()
-    command = [*gateway_command("127.0.0.1", port, 1), "--log-level", "warning"]
-    env = {
-        "TRITON_URL": f"127.0.0.1:{grpc_port}",
-        "MODEL_METADATA": str(repository / "model.json"),
-        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-tracing-metrics-"),
-        **env,
-    }
+def gateway(
+    name: str, grpc_port: int, repository: Path, env: dict[str, str], logs: Path
+) -> LocalGateway:
+    """A started one-worker gateway (as `make serve` runs it) at the benches' niceness."""
     log = (logs / f"{name.replace(' ', '_').replace(',', '')}.log").open("w")
-    return processes.start_uvicorn(name, command, port, env, log)
+    return LocalGateway(
+        f"127.0.0.1:{grpc_port}",
+        repository / "model.json",
+        settings=env,
+        log=log,
+        metrics_dir=Path(tempfile.mkdtemp(prefix="bench-tracing-metrics-")),
+        niceness=processes.SERVER_NICENESS,
+        ready_timeout_s=processes.READY_TIMEOUT_S,
+        name=name,
+    ).start()
 
 
-def cpu_ms_per_request(server, bodies: list[bytes], requests: int) -> float:
+def cpu_ms_per_request(server: LocalGateway, bodies: list[bytes], requests: int) -> float:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         client.post("/classify", content=bodies[0], headers={"content-type": "image/jpeg"})
         before = server.cpu_seconds()
@@ -101,7 +109,7 @@ def end_to_end(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, dict]
                 print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rounds.items()))
         finally:
             for server in servers.values():
-                processes.stop(server)
+                server.stop()
             triton.stop()
         spans = len(receiver.spans())
     base = statistics.median(rounds["off, no access log"])
@@ -115,12 +123,12 @@ def end_to_end(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, dict]
     } | {"spans_received": {"count": spans}}
 
 
-async def _bare(scope, receive, send) -> None:
+async def _bare(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"x", b"y")]})
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-async def _with_hooks(scope, receive, send) -> None:
+async def _with_hooks(scope: Scope, receive: Receive, send: Send) -> None:
     """The hook calls one /classify request makes (tensor path), tracing off."""
     with tracing.span("upload"):
         pass
@@ -135,13 +143,12 @@ async def _with_hooks(scope, receive, send) -> None:
     await _bare(scope, receive, send)
 
 
-class _EncodeOnly:
+class _EncodeOnly(SpanExporter):
     """A span exporter that does the OTLP exporter's CPU work (protobuf encoding) and sends
     nothing: what export costs the gateway's process, without a collector in the same one."""
 
-    def export(self, spans):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-        from opentelemetry.sdk.trace.export import SpanExportResult
 
         encode_spans(spans).SerializeToString()
         return SpanExportResult.SUCCESS
@@ -153,12 +160,11 @@ class _EncodeOnly:
         return True
 
 
-def _traced(ratio: float):
+def _traced(ratio: float) -> tuple[tracing.RequestTracing, TracerProvider]:
     """The layer with spans on, as install() builds it: the ASGI instrumentation's server span
     inside the tracing layer, the hooks' spans below it, a batch processor exporting (encoding)
     in its thread; a queue that holds every span of the run (nothing dropped)."""
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
@@ -189,17 +195,17 @@ def layer_us(repeats: int) -> dict[str, float]:
         ],
     }
 
-    async def receive():
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message):
+    async def send(message: Message) -> None:
         pass
 
     tracing.configure_access_log(True)
     nowhere = open(os.devnull, "w")  # noqa: SIM115 (closed below)
     for handler in tracing.access_log.handlers:  # formatted and written, to nowhere
         handler.setStream(nowhere)  # type: ignore[attr-defined]
-    apps = {
+    apps: dict[str, ASGIApp] = {
         "bare app": _bare,
         "+ tracing layer, off": tracing.RequestTracing(_bare, None, log_access=False),
         "+ layer and hooks, off": tracing.RequestTracing(_with_hooks, None, log_access=False),
@@ -211,7 +217,7 @@ def layer_us(repeats: int) -> dict[str, float]:
     for name, ratio in (("spans on, 10% sampled", 0.1), ("spans on, all sampled", 1.0)):
         apps[name], providers[name] = _traced(ratio)
 
-    async def run(app, n: int) -> float:
+    async def run(app: ASGIApp, n: int) -> float:
         start = time.process_time()  # every thread's: the export thread's encoding included
         for _ in range(n):
             await app(dict(scope), receive, send)

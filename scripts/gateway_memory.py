@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from local_triton.launcher import LocalTriton
-from tests.helpers import ROOT, free_ports, start_gateway, stop_gateway
+from local_triton.gateway import ROOT, LocalGateway
+from local_triton.launcher import LocalTriton, Ports
 
 OUT = ROOT / "docs" / "reliability"
 
@@ -80,7 +80,11 @@ def scenarios() -> dict[str, dict]:
 
 
 def run(triton: LocalTriton, repository: Path, name: str, spec: dict) -> dict:
-    gateway = start_gateway(triton.ports.grpc, repository)
+    gateway = LocalGateway(  # defaults: one worker
+        f"127.0.0.1:{triton.ports.grpc}",
+        repository / "model.json",
+        settings={"ACCESS_LOG": "false"},  # no line per request
+    ).start()
     try:
         files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(spec["files"])]
 
@@ -93,9 +97,10 @@ def run(triton: LocalTriton, repository: Path, name: str, spec: dict) -> dict:
         with ThreadPoolExecutor(spec["concurrency"]) as pool:
             statuses = Counter(pool.map(send, range(spec["concurrency"])))
         elapsed = time.perf_counter() - start
+        assert gateway.process is not None
         peak = peak_rss_mib(gateway.process.pid)
     finally:
-        stop_gateway(gateway)
+        gateway.stop()
     row = {
         "scenario": name,
         "requests": spec["concurrency"],
@@ -112,7 +117,7 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     args = parser.parse_args()
     log = (OUT / "gateway-memory-triton.log").open("w")
-    with LocalTriton(args.repository / "cpu", free_ports(), log=log) as triton:
+    with LocalTriton(args.repository / "cpu", Ports.free(), log=log) as triton:
         rows = [run(triton, args.repository, n, s) for n, s in scenarios().items()]
     log.close()
     (OUT / "gateway-memory-triton.log").unlink()

@@ -1,6 +1,7 @@
 """Memory, compile time and CPU per image of one OpenVINO instance as the cpu target serves it,
 with one fixed-shape model per power-of-two batch (the design before 2026-12) or one model with a
-bounded dynamic batch (build/runtimes.py now): the numbers behind docs/build.md "Serving on CPU".
+bounded dynamic batch (build/repository/runtimes.py now): the numbers behind docs/build.md "Serving
+on CPU".
 
   python scripts/openvino_batch_shapes.py ONNX [ONNX ...] [--max-batch 16] [--threads 1]
       [--out docs/benchmarks/openvino-batch-shapes.json]
@@ -18,8 +19,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 MODES = ("buckets", "dynamic")
 
@@ -29,7 +34,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def feeds(model, batch: int) -> dict[str, np.ndarray]:
+def feeds(model: ov.Model, batch: int) -> dict[str, np.ndarray]:
     out = {}
     for port in model.inputs:
         name = port.get_any_name()
@@ -46,7 +51,7 @@ def feeds(model, batch: int) -> dict[str, np.ndarray]:
 def measure(path: str, mode: str, max_batch: int, threads: int) -> dict:
     import openvino as ov
 
-    from build.runtimes import batch_buckets
+    from build.repository.runtimes import batch_buckets
 
     core = ov.Core()
     config = {
@@ -58,7 +63,7 @@ def measure(path: str, mode: str, max_batch: int, threads: int) -> dict:
     batches = batch_buckets(max_batch)
     start_rss, start_cpu = rss_mb(), time.process_time()
 
-    def shaped(first):
+    def shaped(first: int | ov.Dimension) -> ov.InferRequest:
         m = model.clone()
         shapes = {}
         for port in m.inputs:

@@ -136,7 +136,7 @@ def _wanted(
             log.warning(
                 "Triton's answer from %s lacks output %s: another client asked for a subset of "
                 "its outputs with the same inputs, and Triton's response cache answered with it "
-                "(README 'Sharing one GPU': clients must ask for every output)",
+                "(docs/operations.md 'Sharing one GPU': clients must ask for every output)",
                 model,
                 name,
             )

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from build.contract import ModelContract
+from local_triton.gateway import LocalGateway
 from local_triton.launcher import LocalTriton
-from tests.helpers import ROOT, Gateway, free_ports, start_gateway, stop_gateway
+from tests.helpers import ROOT, free_ports, local_gateway
 
 REPOSITORY = Path(os.environ.get("VIT_TEST_REPOSITORY", ROOT / "model_repository"))
 
@@ -37,7 +38,7 @@ def contract(repository: Path) -> ModelContract:
 
 @pytest.fixture(scope="session")
 def heldout():
-    from build import digits
+    from build.model import digits
 
     return digits.load_splits()[1]
 
@@ -54,13 +55,12 @@ def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def gateway(triton: LocalTriton, repository: Path) -> Iterator[Gateway]:
-    gw = start_gateway(triton.ports.grpc, repository)
-    yield gw
-    stop_gateway(gw)
+def gateway(triton: LocalTriton, repository: Path) -> Iterator[LocalGateway]:
+    with local_gateway(triton.ports.grpc, repository) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")
-def http(gateway: Gateway) -> Iterator[httpx.Client]:
+def http(gateway: LocalGateway) -> Iterator[httpx.Client]:
     with gateway.client() as client:
         yield client

@@ -3,94 +3,62 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from local_triton.gateway import ROOT as ROOT  # re-exported: the tests take it from here
+from local_triton.gateway import LocalGateway
 from local_triton.launcher import Ports
+from local_triton.procfs import free_port as free_port  # re-exported, as ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# What the tests' gateways differ in from `make serve`'s: no access log line per request (as
+# --log-level warning quiets uvicorn's), a shorter graceful shutdown, a minute to be ready.
+TEST_SETTINGS = {"ACCESS_LOG": "false"}
 
 
 def free_ports() -> Ports:
-    return Ports(free_port(), free_port(), free_port())
+    return Ports.free()
 
 
-@dataclass
-class Gateway:
-    url: str
-    process: subprocess.Popen
-    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: one file per worker and kind
-
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+def local_gateway(
+    triton_grpc_port: int,
+    repository: Path,
+    workers: int = 1,
+    log: IO[str] | None = None,  # the process's stdout and stderr; the test's own by default
+    **env_overrides: str,
+) -> LocalGateway:
+    """A gateway for a test (not started): `with local_gateway(...) as gateway:`."""
+    return LocalGateway(
+        f"127.0.0.1:{triton_grpc_port}",
+        repository / "model.json",
+        settings={**TEST_SETTINGS, **env_overrides},
+        workers=workers,
+        log=log,
+        graceful_timeout_s=5,
+        stop_timeout_s=15,
+    )
 
 
 def start_gateway(
     triton_grpc_port: int,
     repository: Path,
     workers: int = 1,
-    log: IO[str] | None = None,  # the process's stdout and stderr; the test's own by default
+    log: IO[str] | None = None,
     **env_overrides: str,
-) -> Gateway:
-    port = free_port()
-    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    env = dict(os.environ)
-    env.update(
-        TRITON_URL=f"127.0.0.1:{triton_grpc_port}",
-        MODEL_METADATA=str(repository / "model.json"),
-        PYTHONPATH=str(ROOT),
-        PROMETHEUS_MULTIPROC_DIR=metrics_dir,
-        ACCESS_LOG="false",  # as --log-level warning quiets uvicorn's: no line per request
-    )
-    env.update(env_overrides)
-    cmd = [
-        sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--log-level", "warning", "--timeout-graceful-shutdown", "5",
-    ]  # fmt: skip
-    stderr = subprocess.STDOUT if log is not None else None
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=stderr)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Gateway(url, process, Path(metrics_dir))
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("gateway did not start within 60s")
+) -> LocalGateway:
+    """A started (healthy) gateway; stop_gateway() it in a finally."""
+    return local_gateway(triton_grpc_port, repository, workers, log, **env_overrides).start()
 
 
-def stop_gateway(gateway: Gateway) -> None:
-    gateway.process.terminate()
-    try:
-        gateway.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        gateway.process.kill()
+def stop_gateway(gateway: LocalGateway) -> None:
+    gateway.stop()
 
 
 def png_bytes(chw: np.ndarray) -> bytes:
@@ -107,8 +75,8 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def skip_unless_served(repository: Path, target: str, task: str, precision: str) -> None:
     """A model the build left out on purpose skips, with the gate's own reason: an attribution
-    precision whose map-agreement gate failed on this machine's CPU (build/gates.py; int8 on a
-    CPU without AVX512-VNNI, docs/build.md). Any other missing model is a failure."""
+    precision whose map-agreement gate failed on this machine's CPU (build/checks/gates.py; int8 on
+    a CPU without AVX512-VNNI, docs/build.md). Any other missing model is a failure."""
     import json
 
     name = f"vit_{task}_{precision}"

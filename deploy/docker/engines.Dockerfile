@@ -1,13 +1,13 @@
 # The engines step (compose `engines`, make engines): NVIDIA's TensorRT container with the Python
 # packages the engine builder and its checks need (requirements/engines.txt; requirements/dali.txt
-# for the JPEG ensembles' check, build/ensemble_check.py) installed at build time, so a GPU host
-# runs it without network access (README "Air-gapped GPU hosts"). The source
+# for the JPEG ensembles' check, build/gpu_host/ensemble_check.py) installed at build time, so a
+# GPU host runs it without network access (docs/gpu.md "Air-gapped GPU hosts"). The source
 # (build/) is in the image for the Kubernetes loader (deploy/kubernetes/loader/gpu); compose mounts
 # the checkout's build/ over it, so there a source change needs no rebuild.
 # Its YY.MM is the Triton image's: an engine loads only on the TensorRT that built it.
 #   docker compose build engines      (or: docker build -f deploy/docker/engines.Dockerfile \
 #                                          --target engines -t vit-engines:0.1.0 .)
-# Runs as root, as NVIDIA's image does; build/repository_owner.py gives what it writes into the
+# Runs as root, as NVIDIA's image does; build/repository/owner.py gives what it writes into the
 # repository to the repository's owner.
 FROM nvcr.io/nvidia/tensorrt:26.08-py3 AS engines
 
@@ -24,7 +24,7 @@ COPY requirements/engines.txt requirements/dali.txt /opt/vit/requirements/
 RUN python3 -m pip install --no-cache-dir -r /opt/vit/requirements/engines.txt \
         -r /opt/vit/requirements/dali.txt
 COPY build/ build/
-CMD ["python3", "-m", "build.tensorrt_engine", "--repository", "model_repository"]
+CMD ["python3", "-m", "build.gpu_host.tensorrt_engine", "--repository", "model_repository"]
 
 # make test-gpu: the gpu-marked tests in the same image, plus pytest and the test helpers' imports
 # (compose `gpu-tests` profile; the checkout is mounted at /workspace).

@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.colormaps import lut
-from tests.helpers import ROOT, free_port, start_gateway, stop_gateway
+from tests.helpers import ROOT, free_port, local_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -82,9 +82,8 @@ def page(browser: webdriver.Chrome, gateway) -> webdriver.Chrome:
 @pytest.fixture(scope="module")
 def broken_gateway(repository):
     """A gateway whose Triton is gone, with a small body limit: the 503 and 413 paths."""
-    gateway = start_gateway(free_port(), repository, MAX_BODY_BYTES="4096")
-    yield gateway
-    stop_gateway(gateway)
+    with local_gateway(free_port(), repository, MAX_BODY_BYTES="4096") as gateway:
+        yield gateway
 
 
 def upload(driver: webdriver.Chrome, *paths: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from build import staging
+from build.repository import staging
 from tests.helpers import ROOT
 
 BUILD = ["--model", "vit_tiny_patch16_224", "--random-weights", "--precisions", "fp32"]
@@ -38,7 +38,7 @@ def served(repository, tmp_path) -> Path:
 def test_a_refused_build_leaves_the_served_repository_byte_identical(served):
     before = snapshot(served)
     forced = (  # the parity check cannot pass: a real refusal, through the real command
-        "import sys, build.verify as v; v.LOGITS_TOLERANCE = -1.0; "
+        "import sys, build.checks.verify as v; v.LOGITS_TOLERANCE = -1.0; "
         "from build.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     proc = subprocess.run(
@@ -143,14 +143,14 @@ def _tree_with_a_locked_directory(root: Path) -> Path:
 
 # A build's last steps (build.cli), and the next build's first, in processes of their own.
 BUILD_AND_SWAP = """
-import logging, sys; from pathlib import Path; from build import staging
+import logging, sys; from pathlib import Path; from build.repository import staging
 logging.basicConfig(level=logging.INFO)
 out = Path(sys.argv[1]); stage = staging.new_stage(out)
 (stage / "model.json").write_text('{"new": true}')
 staging.swap_in(stage, out); print(stage)
 """
 NEXT_BUILD = """
-import logging, sys; from pathlib import Path; from build import staging
+import logging, sys; from pathlib import Path; from build.repository import staging
 logging.basicConfig(level=logging.INFO)
 staging.discard(staging.new_stage(Path(sys.argv[1])))
 """

@@ -1,6 +1,7 @@
-"""The attribution graph (Chefer et al. 2021, build/graphs.py AttributionGraph) exported once per
-token layout, run on both CPU runtimes at several batch sizes, against the eager reference
-(build/attribution_reference.py). Tiny random-weight models keep this fast; one is at 224 px."""
+"""The attribution graph (Chefer et al. 2021, build/graphs/modules.py AttributionGraph) exported
+once per token layout, run on both CPU runtimes at several batch sizes, against the eager reference
+(build/checks/attribution_reference.py). Tiny random-weight models keep this fast; one is at 224
+px."""
 
 from __future__ import annotations
 
@@ -11,16 +12,11 @@ import timm
 import torch
 from timm.layers import LayerScale
 
-from build import (
-    attribution_reference,
-    contract,
-    export,
-    graphs,
-    precision,
-    runtimes,
-    tensorrt_ops,
-    verify,
-)
+from build import contract
+from build.checks import attribution_reference, tensorrt_ops, verify
+from build.graphs import export, modules
+from build.precision import cpu, modelopt_env
+from build.repository import runtimes
 from tests.build_stage.test_graphs import LAYOUTS
 
 LAYOUTS_224 = {**LAYOUTS, "cls, 224 px": ("vit_tiny_patch16_224", {}, 1, "cls")}
@@ -49,7 +45,7 @@ def exported(request, tmp_path_factory):
     layout = contract.token_layout(model)
     assert (layout.num_prefix_tokens, layout.query) == (prefix, query)
     path = tmp_path_factory.mktemp("onnx") / "attribution.onnx"
-    export.export_attribution(graphs.AttributionGraph(model, pre, layout), pre.input_size, path)
+    export.export_attribution(modules.AttributionGraph(model, pre, layout), pre.input_size, path)
     images = np.random.default_rng(0).integers(0, 256, (8, 3, *pre.input_size), dtype=np.uint8)
     return path, model, layout, pre, images
 
@@ -119,16 +115,16 @@ def explicit_targets(path, images) -> tuple[np.ndarray, dict]:
 
 @pytest.mark.parametrize("variant", ["fp16", "int8"])
 def test_cpu_precision_variants_keep_the_map(exported, variant, tmp_path):
-    """Every token layout, 224 px included: the cpu fp16/int8 recipes (build/precision.py) give a
-    graph both runtimes load whose maps (a class per image) follow the fp32 graph's, as the
+    """Every token layout, 224 px included: the cpu fp16/int8 recipes (build/precision/cpu.py) give
+    a graph both runtimes load whose maps (a class per image) follow the fp32 graph's, as the
     build's attribution gate asks (mean correlation >= 0.95; measured >= 0.99 here)."""
     path, _, _, _, images = exported
     out = tmp_path / f"attribution_{variant}.onnx"
     if variant == "fp16":
-        precision.to_fp16(path, out)
+        cpu.to_fp16(path, out)
     else:
         calibration = np.random.default_rng(1).integers(0, 256, (16, *images.shape[1:]), np.uint8)
-        precision.to_int8(path, out, calibration)
+        cpu.to_int8(path, out, calibration)
     targets, fp32 = explicit_targets(path, images)
     for runtime, hint in (("onnxruntime", ""), ("openvino", "")):
         runner = runtimes.create_runner(runtime, str(out), 2, hint, 8)
@@ -144,9 +140,9 @@ def test_gpu_precision_variants_keep_the_map_and_pass_the_parser_check(exported,
     symbolic shape in Model Optimizer's value_info, now dropped.)"""
     path, _, _, _, images = exported
     calibration = np.random.default_rng(1).integers(0, 256, (32, *images.shape[1:]), np.uint8)
-    npy = precision.write_images(calibration, tmp_path / "calibration.npy")
+    npy = modelopt_env.write_images(calibration, tmp_path / "calibration.npy")
     jobs = [(p, path, tmp_path / f"attribution_{p}.onnx") for p in ("fp16", "int8")]
-    precision.to_gpu_variants(jobs, npy, "minmax")
+    modelopt_env.to_gpu_variants(jobs, npy, "minmax")
     targets, fp32 = explicit_targets(path, images)
     for variant, _, out in jobs:
         got = runtimes.create_runner("onnxruntime", str(out), 2).run(images, target_class=targets)

@@ -1,8 +1,8 @@
 """What keeps a 224-px build inside a small machine's memory, and what it says when it does not
-fit: the build hands freed heap back to the OS before Model Optimizer starts (build/heap.py), and
-a Model Optimizer process killed by a signal is reported as such (build/precision.py). The
-Model Optimizer side (AutoCast's ranges one image at a time) is in test_gpu_precision.py; the
-numbers are in docs/build.md ("Build memory")."""
+fit: the build hands freed heap back to the OS before Model Optimizer starts
+(build/precision/heap.py), and a Model Optimizer process killed by a signal is reported as such
+(build/precision/modelopt_env.py). The Model Optimizer side (AutoCast's ranges one image at a time)
+is in test_gpu_precision.py; the numbers are in docs/build.md ("Build memory")."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from build import precision
-from build.precision import ROOT
+from build.precision import modelopt_env
+from build.precision.modelopt_env import ROOT
 
 
 def _fake_model_optimizer(tmp_path: Path, last_words: str) -> Path:
@@ -48,10 +48,10 @@ def test_a_killed_model_optimizer_process_is_named_with_its_signal(
     writes no error line; the build's one line names the signal and the variant it was making,
     and for SIGKILL points at memory, instead of relaying the child's last warning."""
     fake = _fake_model_optimizer(tmp_path, f"kill -{sig.name.removeprefix('SIG')} $$")
-    monkeypatch.setattr(precision, "MODELOPT_PYTHON", fake)
+    monkeypatch.setattr(modelopt_env, "MODELOPT_PYTHON", fake)
     jobs = [(p, tmp_path / src, tmp_path / dst) for p, src, dst in JOBS]
-    with pytest.raises(precision.VariantError) as raised:
-        precision.to_gpu_variants(jobs, tmp_path / "images.npy", "minmax")
+    with pytest.raises(modelopt_env.VariantError) as raised:
+        modelopt_env.to_gpu_variants(jobs, tmp_path / "images.npy", "minmax")
     message = str(raised.value)
     assert len(message.splitlines()) == 1
     assert message.startswith(
@@ -64,10 +64,12 @@ def test_a_killed_model_optimizer_process_is_named_with_its_signal(
 
 def test_a_failing_model_optimizer_process_still_reports_its_error_line(tmp_path, monkeypatch):
     fake = _fake_model_optimizer(tmp_path, "echo 'error: int8 attribution_fp32.onnx: bad'; exit 2")
-    monkeypatch.setattr(precision, "MODELOPT_PYTHON", fake)
+    monkeypatch.setattr(modelopt_env, "MODELOPT_PYTHON", fake)
     jobs = [(p, tmp_path / src, tmp_path / dst) for p, src, dst in JOBS]
-    with pytest.raises(precision.VariantError, match=r"failed: int8 attribution_fp32.onnx: bad$"):
-        precision.to_gpu_variants(jobs, tmp_path / "images.npy", "minmax")
+    with pytest.raises(
+        modelopt_env.VariantError, match=r"failed: int8 attribution_fp32.onnx: bad$"
+    ):
+        modelopt_env.to_gpu_variants(jobs, tmp_path / "images.npy", "minmax")
 
 
 @pytest.mark.parametrize(
@@ -86,17 +88,17 @@ def test_a_model_optimizer_process_without_an_error_line_is_reported_plainly(
     """No error line: the exit status and the last line it printed, or the files it did not
     write; never a list of the child's lines."""
     fake = _fake_model_optimizer(tmp_path, last_words)
-    monkeypatch.setattr(precision, "MODELOPT_PYTHON", fake)
+    monkeypatch.setattr(modelopt_env, "MODELOPT_PYTHON", fake)
     jobs = [(p, tmp_path / src, tmp_path / dst) for p, src, dst in JOBS]
-    with pytest.raises(precision.VariantError) as raised:
-        precision.to_gpu_variants(jobs, tmp_path / "images.npy", "minmax")
+    with pytest.raises(modelopt_env.VariantError) as raised:
+        modelopt_env.to_gpu_variants(jobs, tmp_path / "images.npy", "minmax")
     assert str(raised.value) == f"gpu variant failed: {message}"
 
 
 _FRAGMENTED_HEAP = textwrap.dedent(
     """
     import json
-    from build import heap
+    from build.precision import heap
     start = heap.resident_bytes()
     blocks, live = [], []
     for _ in range(5_000):  # ~300 MB of blocks below glibc's mmap threshold (128 kB), written

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from build import verify
-from build.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
+from build.checks import verify
+from build.checks.gates import FP16_FLAG_DROP_POINTS, INT8_MAX_DROP_POINTS
 
 RUNTIMES = ("onnxruntime", "openvino", "gpu_graph_onnxruntime")
 

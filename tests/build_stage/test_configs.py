@@ -12,9 +12,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build.contract import ModelContract
-from build.jpeg_ensemble import WARMUP_FILE, warmup_jpeg
 from build.names import JPEG_INPUT, PREPROCESS_MODEL, jpeg_model_name
-from build.repository import (
+from build.repository.jpeg_ensemble import WARMUP_FILE, warmup_jpeg
+from build.repository.writer import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
     EXPLAIN_RESOURCE,
@@ -28,7 +28,7 @@ from build.repository import (
     model_name,
     onnx_path,
 )
-from build.repository import write as repository_write
+from build.repository.writer import write as repository_write
 from tests.helpers import ROOT, skip_unless_served
 
 MODELS = [(t, task, p) for t in TARGETS for task in TASKS for p in PRECISIONS]
@@ -87,13 +87,13 @@ def test_config_parses_and_matches_onnx(repository, contract, target, task, prec
 def test_every_model_shares_the_execution_slots_and_caches_where_it_can(
     repository, target, task, precision
 ):
-    """Sharing one machine (README "Sharing one GPU"): every instance takes one execution slot
-    from the rate limiter, /explain's and attribution's also an explain slot (the launcher and
-    deploy/ size the pools: one explain slot fewer, so /classify always has a slot), /classify
-    with the lowest weight, so a waiting /classify runs first; every model answers repeats from
-    Triton's response cache but the gpu classify models, whose image arrives from DALI in GPU
-    memory on a --preprocess dali build (Triton hashes CPU inputs only): their JPEG ensembles
-    cache instead."""
+    """Sharing one machine (docs/operations.md "Sharing one GPU"): every instance takes one
+    execution slot from the rate limiter, /explain's and attribution's also an explain slot (the
+    launcher and deploy/ size the pools: one explain slot fewer, so /classify always has a slot),
+    /classify with the lowest weight, so a waiting /classify runs first; every model answers
+    repeats from Triton's response cache but the gpu classify models, whose image arrives from
+    DALI in GPU memory on a --preprocess dali build (Triton hashes CPU inputs only): their JPEG
+    ensembles cache instead."""
     skip_unless_served(repository, target, task, precision)
     config = parse(repository / target / model_name(task, precision) / "config.pbtxt")
     (group,) = config.instance_group
@@ -215,7 +215,7 @@ def test_tracked_configs_are_what_a_fresh_build_writes(repository, contract, tmp
 
 
 def test_an_attribution_precision_whose_gate_failed_gets_no_model(repository, contract, tmp_path):
-    """build/gates.py served_attribution leaves int8 out: no vit_attribution_int8 on either
+    """build/checks/gates.py served_attribution leaves int8 out: no vit_attribution_int8 on either
     target (Triton would serve it), every other model as usual."""
     (tmp_path / "onnx").symlink_to(repository.resolve() / "onnx")
     written = repository_write(tmp_path, contract, PRECISIONS, 2, ("fp32", "fp16"))
@@ -228,13 +228,13 @@ def test_an_attribution_precision_whose_gate_failed_gets_no_model(repository, co
 def test_a_graph_tensorrt_cannot_parse_is_not_served_on_the_gpu_target(
     repository, contract, tmp_path
 ):
-    """The build's check over every gpu graph (build.cli.check_gpu_graphs, the real ONNX files)
+    """The build's check over every gpu graph (build.pipeline.check_gpu_graphs, the real ONNX files)
     with one gpu graph TensorRT's parser cannot take (an op outside its support list): that model
     is named with the reason and left out of the gpu target only; the cpu target serves it."""
     from onnx import helper
 
-    from build.cli import check_gpu_graphs
-    from build.repository import gpu_onnx_path
+    from build.pipeline import check_gpu_graphs
+    from build.repository.writer import gpu_onnx_path
 
     for folder in ("onnx", "onnx/gpu"):
         (tmp_path / folder).mkdir()

@@ -1,6 +1,6 @@
-"""DALI's preprocessing (build/dali_pipeline.py, cpu decoder) against the gateway's, and the gate
-that holds it there (build/dali_gate.py): real JPEGs, the real DALI pipeline through serialize and
-deserialize, the default model's own graph."""
+"""DALI's preprocessing (build/repository/dali_pipeline.py, cpu decoder) against the gateway's, and
+the gate that holds it there (build/checks/dali_gate.py): real JPEGs, the real DALI pipeline through
+serialize and deserialize, the default model's own graph."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from build import dali_gate, dali_pipeline
-from build.repository import onnx_path
+from build.checks import dali_gate
+from build.repository import dali_pipeline
+from build.repository.writer import onnx_path
 from loadtest.corpus import default_corpus
 from tests.helpers import encode
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from build import deletion
-from build.faithfulness import cosine_distance, rank_correlation
+from build.bench import deletion
+from build.bench.faithfulness import cosine_distance, rank_correlation
 
 PATCH = (4, 4)
 GRID = (8, 6)  # non-square on purpose: rows and columns must not be swapped anywhere

@@ -1,5 +1,6 @@
-"""The in-graph discard (build/discard.py), exported alone and run on ONNX Runtime and OpenVINO,
-zeroes exactly the entries vit-explain's topk selection zeroes, on identical float32 inputs."""
+"""The in-graph discard (build/graphs/discard.py), exported alone and run on ONNX Runtime and
+OpenVINO, zeroes exactly the entries vit-explain's topk selection zeroes, on identical float32
+inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from build import discard, rollout_reference
+from build.checks import rollout_reference
+from build.graphs import discard
 
 RATIOS = [0.0, 0.1, 0.5, 0.9, 0.99]
 

@@ -1,6 +1,6 @@
-"""The GPU host's check of the JPEG ensembles (build/ensemble_check.py): a one-line error here (no
-GPU); on a GPU host (`make test-gpu`, in the TensorRT container) the served DALI pipeline on the
-GPU feeds the classify engines and both pass the check."""
+"""The GPU host's check of the JPEG ensembles (build/gpu_host/ensemble_check.py): a one-line error
+here (no GPU); on a GPU host (`make test-gpu`, in the TensorRT container) the served DALI pipeline
+on the GPU feeds the classify engines and both pass the check."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from build import dali_gate, engine_check, ensemble_check
-from build.repository import PRECISIONS
-from build.repository import write as repository_write
+from build.checks import dali_gate
+from build.gpu_host import engine_check, ensemble_check
+from build.repository.writer import PRECISIONS
+from build.repository.writer import write as repository_write
 from tests.helpers import ROOT
 
 HAS_GPU = shutil.which("nvidia-smi") is not None and importlib.util.find_spec("tensorrt")
@@ -50,14 +51,14 @@ def dali_copy(repository, contract, tmp_path):
 
 
 def test_a_repository_without_ensembles_has_nothing_to_check(repository):
-    proc = run("build.ensemble_check", repository, timeout=120)
+    proc = run("build.gpu_host.ensemble_check", repository, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to check" in proc.stdout
 
 
 @pytest.mark.skipif(bool(HAS_GPU), reason="checks the behaviour without a GPU")
 def test_without_gpu_one_line_error_no_traceback(dali_copy):
-    proc = run("build.ensemble_check", dali_copy, timeout=120)
+    proc = run("build.gpu_host.ensemble_check", dali_copy, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -86,9 +87,9 @@ def test_the_reference_holds_real_jpegs_and_the_gateways_tensors(dali_copy, cont
 @pytest.mark.gpu
 @needs_gpu
 def test_the_served_pipeline_feeds_the_engines_as_the_gateway_does(dali_copy):
-    engines = run("build.tensorrt_engine", dali_copy, timeout=3600)
+    engines = run("build.gpu_host.tensorrt_engine", dali_copy, timeout=3600)
     assert engines.returncode == 0, engines.stderr[-2000:]
-    proc = run("build.ensemble_check", dali_copy, timeout=1200)
+    proc = run("build.gpu_host.ensemble_check", dali_copy, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((dali_copy / "build_report.json").read_text())[ensemble_check.REPORT_KEY]
     assert report["passed"]
@@ -121,4 +122,6 @@ def test_the_engines_image_bakes_in_the_dali_that_wrote_model_dali_and_the_step_
     engines = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["engines"]
     command = " ".join(engines["command"])
     assert "pip" not in command  # nothing installed at run time
-    assert command.index("build.tensorrt_engine") < command.index("build.ensemble_check")
+    assert command.index("build.gpu_host.tensorrt_engine") < command.index(
+        "build.gpu_host.ensemble_check"
+    )

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from build import precision, source
 from build.contract import Preprocessing
+from build.model import source
+from build.precision import cpu
 
 PRE = Preprocessing((16, 16), "bicubic", 1.0, "center", (0.5,) * 3, (0.5,) * 3)
 IMAGENET_LABELS = [f"label {i}" for i in range(1000)]  # descriptions; folders use synsets
@@ -53,7 +54,7 @@ def test_calibration_reader_hands_out_one_bounded_batch_per_range():
     """quantize_static (CalibStridedMinMax=1) calls collect_data once per batch range."""
     images = np.zeros((40, 3, 4, 4), dtype=np.uint8)
     for second in (set(), {"discard_ratio"}, {"target_class"}):
-        reader = precision._Calibration(images, second, batch=16)
+        reader = cpu._Calibration(images, second, batch=16)
         assert len(reader) == 3
         sizes = []
         for start in range(len(reader)):

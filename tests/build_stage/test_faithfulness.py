@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from build import deletion, faithfulness, map_sources
+from build.bench import deletion, faithfulness, map_sources
 
 IMAGES = 192  # rollout's gap to attribution needs this many: at 64 images it ranged 0.005-0.031
 STEPS = 8

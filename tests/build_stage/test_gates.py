@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from build.gates import GateRefused, apply_gates, raise_if_refused, served_attribution
+from build.checks.gates import GateRefused, apply_gates, raise_if_refused, served_attribution
 
 
 def variants(

@@ -16,12 +16,13 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from build import digits, verify
-from build.gpu_precision import rollout_matmuls, rollout_nodes
-from build.graphs import ClassifyGraph
+from build.checks import verify
+from build.graphs.modules import ClassifyGraph
+from build.model import digits
 from build.names import DISCARD_RATIO, HEAD_FUSIONS
-from build.repository import TASKS, gpu_onnx_path, onnx_path
-from build.runtimes import create_runner
+from build.precision.gpu import rollout_matmuls, rollout_nodes
+from build.repository.runtimes import create_runner
+from build.repository.writer import TASKS, gpu_onnx_path, onnx_path
 
 INT8 = TensorProto.INT8
 FP16 = TensorProto.FLOAT16
@@ -155,7 +156,7 @@ def test_what_is_not_int8_runs_in_fp16(gpu_graph):
 
 
 def test_explain_rollout_and_discard_bisection_stay_fp32_and_unquantized(gpu_graph):
-    """The rollout, with build/discard.py's bisection, is kept out of FP16 (AutoCast
+    """The rollout, with build/graphs/discard.py's bisection, is kept out of FP16 (AutoCast
     nodes_to_exclude) and out of INT8: its bracket needs float32 spacing and its counts int64."""
     task, _, g = gpu_graph
     rollout = g.rollout()
@@ -219,7 +220,8 @@ def test_gpu_explain_graphs_match_the_reference_with_discard(
     repository, discard_reference, precision
 ):
     """The GPU explain graphs, on ONNX Runtime's CPU provider, against the plain-PyTorch
-    reference (build/rollout_reference.py) at discard_ratio 0, 0.5 and 0.9, every head fusion."""
+    reference (build/checks/rollout_reference.py) at discard_ratio 0, 0.5 and 0.9, every head
+    fusion."""
     images, ref = discard_reference
     runner = create_runner("onnxruntime", str(gpu_onnx_path(repository, "explain", precision)), 2)
     for ratio in (0.0, 0.5, 0.9):
@@ -319,13 +321,13 @@ def test_attribution_gpu_graphs_run_the_backward_pass_in_fp16(repository, precis
 
 
 # Run in Model Optimizer's environment: AutoCast as the library runs it (its ReferenceRunner over
-# the sample images at once) against build.gpu_precision.autocast_fp16 (its range rule fed ranges
+# the sample images at once) against build.precision.gpu.autocast_fp16 (its range rule fed ranges
 # measured one image at a time), at a data_max low enough that the rule keeps nodes in FP32.
 _AUTOCAST_BOTH_WAYS = """
 import json, sys, tempfile
 from pathlib import Path
 import numpy as np, onnx
-import build.gpu_precision as gp
+import build.precision.gpu as gp
 from modelopt.onnx.autocast import convert_to_mixed_precision
 
 images, data_max, result = np.load(sys.argv[1]), float(sys.argv[2]), {}
@@ -357,7 +359,7 @@ print(json.dumps(result))
 
 
 def _modelopt(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    from build.precision import ROOT, modelopt_python
+    from build.precision.modelopt_env import ROOT, modelopt_python
 
     return subprocess.run(
         [str(modelopt_python()), *args],
@@ -394,7 +396,7 @@ def test_autocast_ranges_measured_one_image_at_a_time_keep_the_same_nodes_fp32(
 def test_model_optimizer_leaves_the_source_graph_untouched(repository, heldout, tmp_path):
     """Model Optimizer's quantize rewrites the file it is given (shape inference written back in
     place, so through every hard link: the cpu target serves that fp32 file) and leaves
-    intermediate files beside it; build.gpu_precision hands it a copy. The source's bytes are
+    intermediate files beside it; build.precision.gpu hands it a copy. The source's bytes are
     unchanged after both variants, and only the variants are written."""
     source, out = tmp_path / "source", tmp_path / "gpu"
     source.mkdir()
@@ -408,7 +410,7 @@ def test_model_optimizer_leaves_the_source_graph_untouched(repository, heldout, 
     images = tmp_path / "images.npy"
     np.save(images, heldout.images[:32])
     jobs = [f"{p}:{src}:{out / f'classify_{p}.onnx'}" for p in ("fp16", "int8")]
-    run = _modelopt(["-m", "build.gpu_precision", "--images", str(images), *jobs])
+    run = _modelopt(["-m", "build.precision.gpu", "--images", str(images), *jobs])
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert src.read_bytes() == before and served.read_bytes() == before
     assert sorted(p.name for p in source.iterdir()) == [src.name]

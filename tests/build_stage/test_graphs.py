@@ -11,7 +11,10 @@ import pytest
 import timm
 import torch
 
-from build import contract, export, graphs, runtimes, tensorrt_ops, verify
+from build import contract
+from build.checks import tensorrt_ops, verify
+from build.graphs import export, modules
+from build.repository import runtimes
 
 LAYOUTS = {
     "cls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4), 1, "cls"),
@@ -34,10 +37,10 @@ def exported(request, tmp_path_factory):
     layout = contract.token_layout(model)
     assert (layout.num_prefix_tokens, layout.query) == (prefix, query)
     out = tmp_path_factory.mktemp("onnx")
-    classify = graphs.ClassifyGraph(model, pre)
+    classify = modules.ClassifyGraph(model, pre)
     export.export(classify, pre.input_size, False, out / "classify.onnx")
     export.export(
-        graphs.ExplainGraph(model, pre, layout), pre.input_size, True, out / "explain.onnx"
+        modules.ExplainGraph(model, pre, layout), pre.input_size, True, out / "explain.onnx"
     )
     images = np.random.default_rng(0).integers(0, 256, (8, 3, *pre.input_size), dtype=np.uint8)
     reference = verify.torch_reference(model, classify, images, layout)
@@ -58,7 +61,7 @@ def test_explain_graph_matches_torch_and_reference_rollout(exported, runtime):
             result[batch][key][f"rollout_{f}"]
             for key in result[batch]
             if key.startswith("discard_")
-            for f in graphs.HEAD_FUSIONS
+            for f in modules.HEAD_FUSIONS
         ]
         possible = sum(c["images_compared"] + c["images_near_tie"] for c in checks)
         assert sum(c["images_compared"] for c in checks) >= possible / 2, result[batch]
@@ -75,7 +78,7 @@ def test_reference_rollout_rows_are_distributions(exported):
     """Invariant of the formula: every row of each normalised A' sums to 1, so the full rollout
     row over all tokens sums to 1 and the patch part of it to at most 1."""
     _, _, reference, layout = exported
-    for fusion in graphs.HEAD_FUSIONS:
+    for fusion in modules.HEAD_FUSIONS:
         maps = reference[f"rollout_{fusion}"]
         assert maps.shape[1:] == layout.grid
         assert (maps > 0).all()

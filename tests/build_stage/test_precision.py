@@ -10,8 +10,8 @@ import openvino
 import pytest
 from onnx import numpy_helper
 
-from build.precision import fp32_nodes, weight_matmuls
-from build.repository import onnx_path
+from build.precision.cpu import fp32_nodes, weight_matmuls
+from build.repository.writer import onnx_path
 
 
 @pytest.fixture(scope="module", params=["classify", "explain", "attribution"])
@@ -85,7 +85,8 @@ def test_fp16_weights_and_kept_io_types(graphs):
 
 def test_fp16_keeps_fp32_what_the_converter_would_mistype(repository):
     """The attribution graph's one-hot (ConstantOfShape) and the LayerNorms whose Mean/InvStdDev
-    the backward pass reads stay fp32 (build/precision.py fp32_nodes), or no runtime loads it."""
+    the backward pass reads stay fp32 (build/precision/cpu.py fp32_nodes), or no runtime loads
+    it."""
     fp16 = onnx.load(str(onnx_path(repository, "attribution", "fp16")))
     kept = [n for n in fp16.graph.node if n.name in set(fp32_nodes(fp16))]
     assert {n.op_type for n in kept} >= {"ConstantOfShape", "LayerNormalization", "Cast"}

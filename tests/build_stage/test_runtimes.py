@@ -1,12 +1,12 @@
-"""The CPU runners Triton's python backend uses (build/runtimes.py), on the default repository's
-real ONNX graphs."""
+"""The CPU runners Triton's python backend uses (build/repository/runtimes.py), on the default
+repository's real ONNX graphs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from build import runtimes
+from build.repository import runtimes
 
 
 @pytest.fixture(scope="module")

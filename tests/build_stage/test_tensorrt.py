@@ -13,19 +13,19 @@ import sys
 import numpy as np
 import pytest
 
-from build import engine_check
+from build.gpu_host import engine_check
+from build.gpu_host.tensorrt_engine import (
+    attach_timing_cache,
+    gpu_models,
+    timing_cache_file,
+)
 from build.names import DISCARD_RATIO, TARGET_CLASS
-from build.repository import (
+from build.repository.writer import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
     PRECISIONS,
     TASKS,
     model_name,
-)
-from build.tensorrt_engine import (
-    attach_timing_cache,
-    gpu_models,
-    timing_cache_file,
 )
 from tests.build_stage import polygraphy_replay
 from tests.helpers import ROOT
@@ -38,7 +38,7 @@ needs_gpu = pytest.mark.skipif(
 
 def engines(repository, timeout: int = 3600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "build.tensorrt_engine", "--repository", str(repository)],
+        [sys.executable, "-m", "build.gpu_host.tensorrt_engine", "--repository", str(repository)],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -210,7 +210,7 @@ def test_engine_builder_imports_without_torch():
     """The TensorRT container need not have torch or numpy: the builder imports neither."""
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None; "
-        "import build.tensorrt_engine"
+        "import build.gpu_host.tensorrt_engine"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -224,7 +224,7 @@ def test_compose_starts_triton_only_after_every_engine_passed():
     engines_service, triton = services["engines"], services["triton"]
     assert triton["depends_on"]["engines"]["condition"] == "service_completed_successfully"
     assert "profiles" not in engines_service  # `docker compose up` runs it first, every time
-    assert "-m build.tensorrt_engine" in " ".join(engines_service["command"])
+    assert "-m build.gpu_host.tensorrt_engine" in " ".join(engines_service["command"])
     # the served repository by default; ENGINES_REPOSITORY: a build to publish (docs/versions.md)
     assert (
         "${ENGINES_REPOSITORY:-./model_repository}:/workspace/model_repository"

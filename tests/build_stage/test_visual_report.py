@@ -11,7 +11,7 @@ import re
 import pytest
 from PIL import Image
 
-from build.repository import PRECISIONS, TASKS, model_name
+from build.repository.writer import PRECISIONS, TASKS, model_name
 
 
 @pytest.fixture(scope="module")

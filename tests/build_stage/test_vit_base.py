@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from build import verify
+from build.checks import verify
 from tests.helpers import ROOT
 
 

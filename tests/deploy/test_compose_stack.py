@@ -12,7 +12,7 @@ import yaml
 from tests.helpers import ROOT
 
 PROFILES = ("", "cpu", "loadtest", "engines")
-# The documented way to run without a GPU (README "CPU containers").
+# The documented way to run without a GPU (docs/deploy.md "CPU containers").
 CPU_STACK = ("gateway-cpu", "prometheus", "grafana")
 
 

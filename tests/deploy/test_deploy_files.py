@@ -84,14 +84,16 @@ def test_the_engines_step_needs_no_network_at_run_time():
         stage: re.findall(r"-r (/opt/vit/requirements/\S+)", body.replace("\\\n", " "))
         for stage, body in stages.items()
     }
-    assert installs == {  # the JPEG ensembles' check (build/ensemble_check.py) runs DALI
+    assert installs == {  # the JPEG ensembles' check (build/gpu_host/ensemble_check.py) runs DALI
         "engines": ["/opt/vit/requirements/engines.txt", "/opt/vit/requirements/dali.txt"],
         "gpu-tests": ["/opt/vit/requirements/gpu-tests.txt"],
     }
     assert "COPY requirements/engines.txt requirements/dali.txt /opt/vit/requirements/" in text
     assert "COPY requirements/gpu-tests.txt /opt/vit/requirements/gpu-tests.txt" in text
     command = " ".join(services["engines"]["command"])
-    assert "build.tensorrt_engine" in command and "build.ensemble_check" in command
+    assert (
+        "build.gpu_host.tensorrt_engine" in command and "build.gpu_host.ensemble_check" in command
+    )
     for name, service in services.items():
         run = " ".join(map(str, [*service.get("command", []), *service.get("entrypoint", [])]))
         assert "pip install" not in run, name

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from tests.helpers import ROOT, free_port, png_bytes
+from local_triton.gateway import LocalGateway
+from tests.helpers import ROOT, png_bytes
 
 
 def sample(text: str, name: str, labels: str = "") -> float | None:
@@ -71,9 +72,11 @@ def silent_triton() -> Iterator[int]:
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield port
-    servicer.release.set()
-    server.stop(grace=None)
+    try:
+        yield port
+    finally:
+        servicer.release.set()
+        server.stop(grace=None)
 
 
 def seed_previous_run(directory: Path) -> None:
@@ -110,24 +113,23 @@ def test_killed_worker_stops_counting_and_previous_run_is_forgotten(
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     seed_previous_run(metrics_dir)
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        MODEL_METADATA=str(repository / "model.json"),
-        TRITON_URL=f"127.0.0.1:{silent_triton}",
-        REQUEST_TIMEOUT_S="60",  # the inference hangs on the stalled server this long
-        WEB_CONCURRENCY="2",
-        GATEWAY_BIND=f"127.0.0.1:{port}",
+    gateway = LocalGateway(  # the image's command: gunicorn -c service/gunicorn_conf.py
+        f"127.0.0.1:{silent_triton}",
+        repository / "model.json",
+        # the inference hangs on the stalled server this long
+        settings={"REQUEST_TIMEOUT_S": "60"},
+        server="gunicorn",
+        workers=2,  # WEB_CONCURRENCY
+        metrics_dir=metrics_dir,
+        log_level=None,
+        stop_timeout_s=30,
     )
-    master = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"], cwd=ROOT, env=env
-    )
-    url = f"http://127.0.0.1:{port}"
+    url = gateway.url
     pending: list[BaseException | httpx.Response] = []
     try:
-        wait_for(lambda: _ok(f"{url}/healthz"), 60, "the gateway to start")
+        gateway.start()  # waits for /healthz (60 s)
+        assert gateway.process is not None
+        master = gateway.process
         wait_for(lambda: len(worker_pids(master.pid)) == 2, 30, "two workers")
         text = httpx.get(f"{url}/metrics").text
         assert sample(text, "gateway_requests_total", '{endpoint="classify",status="200"}') is None
@@ -168,21 +170,9 @@ def test_killed_worker_stops_counting_and_previous_run_is_forgotten(
         wait_for(lambda: len(worker_pids(master.pid)) == 2, 30, "a replacement worker")
         assert busy[0] not in worker_pids(master.pid)
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
-    assert master.returncode == 0
+        code = gateway.stop()
+    assert code == 0
 
 
 def total_requests(text: str) -> float:
     return sum(float(v) for v in re.findall(r"^gateway_requests_total\{.*\} (\S+)$", text, re.M))
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from build import gpu_product
+from build.gpu_host import gpu_product
 from local_triton.launcher import GrpcKeepalive, LocalTriton
 from service import gunicorn_conf, tracing
 from tests.deploy.kube import (
@@ -225,9 +225,9 @@ def test_pods_running_plans_are_pinned_to_the_documented_gpu_product(rendering):
     assert spec["nodeSelector"] == {gpu_product.LABEL: product}
     configs = [d["metadata"]["name"] for d in rendered(rendering) if d["kind"] == "ConfigMap"]
     assert not any(n.startswith("vit-gpu-product") for n in configs)  # read, never applied
-    readme = (ROOT / "README.md").read_text()
-    assert "deploy/kubernetes/components/gpu-product/gpu-product.env" in readme
-    assert "python -m build.gpu_product" in readme
+    steps = (ROOT / "docs" / "deploy.md").read_text()  # Kubernetes: GPU product
+    assert "deploy/kubernetes/components/gpu-product/gpu-product.env" in steps
+    assert "python -m build.gpu_host.gpu_product" in steps
 
 
 def test_pods_without_tensorrt_are_not_pinned():
@@ -321,7 +321,7 @@ def test_the_gpu_loader_builds_engines_with_the_engines_image():
     assert (
         c["command"][-1]
         .rstrip()
-        .endswith("exec python3 -m build.tensorrt_engine --repository /models")
+        .endswith("exec python3 -m build.gpu_host.tensorrt_engine --repository /models")
     )
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
 

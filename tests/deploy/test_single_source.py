@@ -1,7 +1,8 @@
 """One source of truth: ports, model names, repository paths, metric names, image versions and
 keepalive settings agree between the build stage, the gateway's settings, the local launcher,
-docker-compose.yml, the Dockerfiles, Kubernetes, Prometheus, Grafana and the README. Each test
-names the owner of a value (build/, service/, local_triton/) and checks every copy of it."""
+docker-compose.yml, the Dockerfiles, Kubernetes, Prometheus, Grafana and the docs (README.md,
+docs/). Each test names the owner of a value (build/, service/, local_triton/) and checks every
+copy of it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from build.names import PREPROCESS_MODEL, jpeg_model_name
-from build.repository import (
+from build.repository.writer import (
     ATTRIBUTION_PRECISIONS,
     ATTRIBUTION_TASK,
     EXPLAIN_RESOURCE,
@@ -49,6 +50,8 @@ DOCKERFILES = {
     "loadtest": ROOT / "deploy" / "docker" / "loadtest.Dockerfile",
 }
 ENGINES_DOCKERFILE = ROOT / "deploy" / "docker" / "engines.Dockerfile"  # FROM TensorRT, not python
+# Every document that states versions: the README and docs/ (docs/*.md, docs/*/*.md).
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 GATEWAY_PORT = int(gunicorn_conf.bind.rsplit(":", 1)[1])
 
 
@@ -261,10 +264,16 @@ def test_image_versions_agree():
     release = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", triton)[1]
     engines_base = re.search(r"^FROM (\S+)", ENGINES_DOCKERFILE.read_text(), re.M)[1]
     assert engines_base == f"nvcr.io/nvidia/tensorrt:{release}-py3"
-    releases = set(
-        re.findall(r"nvcr\.io/nvidia/\w+:(\d\d\.\d\d)", (ROOT / "README.md").read_text())
-    )
-    assert releases == {release}, "the README names another YY.MM"
+    releases = {
+        doc.relative_to(ROOT).as_posix(): set(
+            re.findall(r"nvcr\.io/nvidia/\w+:(\d\d\.\d\d)", doc.read_text())
+        )
+        for doc in DOCS
+    }
+    for doc, named in releases.items():
+        assert named <= {release}, f"{doc} names another YY.MM: {named}"
+    for doc in ("docs/gpu.md", "docs/deploy.md"):  # the GPU host and Kubernetes steps
+        assert releases[doc] == {release}, doc
     assert compose()["perf-analyzer"]["image"] == f"nvcr.io/nvidia/tritonserver:{release}-py3-sdk"
     bases = {n: re.search(r"^FROM (\S+)", p.read_text(), re.M)[1] for n, p in DOCKERFILES.items()}
     assert len(set(bases.values())) == 1, bases
@@ -281,17 +290,19 @@ def test_image_versions_agree():
     assert compose()["gpu-tests"]["image"] == f"vit-engines-tests:{version}"
 
 
-def test_readme_states_the_versions_that_must_match():
-    readme = (ROOT / "README.md").read_text()
+def test_docs_state_the_versions_that_must_match():
+    """Each image is named where its steps are: the GPU host (docs/gpu.md), Kubernetes' versions
+    that must match (docs/deploy.md), monitoring (docs/operations.md)."""
+    gpu, deploy, operations = (
+        (ROOT / "docs" / name).read_text() for name in ("gpu.md", "deploy.md", "operations.md")
+    )
     engines_base = re.search(r"^FROM (\S+)", ENGINES_DOCKERFILE.read_text(), re.M)[1]
-    for image in (
-        compose()["triton"]["image"],
-        compose()["engines"]["image"],
-        engines_base,
-        compose()["prometheus"]["image"],
-        compose()["grafana"]["image"],
-    ):
-        assert image in readme, image
+    for image in (compose()["triton"]["image"], compose()["engines"]["image"], engines_base):
+        assert image in gpu, image
+    for image in (compose()["triton"]["image"], engines_base):
+        assert image in deploy, image
+    for image in (compose()["prometheus"]["image"], compose()["grafana"]["image"]):
+        assert image in operations, image
 
 
 # --- keepalive and shutdown ---------------------------------------------------------------------

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from local_triton.gateway import LocalGateway
 from local_triton.launcher import LocalTriton
 from tests.hardening import probe_repository
-from tests.helpers import Gateway, free_ports, start_gateway, stop_gateway
+from tests.helpers import free_ports, local_gateway
 
 # What the hardening stacks change from the gateway defaults: a short body timeout, so that the
 # slow-upload kind of the corpus is answered within the corpus time bound.
@@ -23,7 +24,7 @@ class Stack:
     spec: str  # "default" (32 px) or "224"
     repository: Path
     triton: LocalTriton
-    gateway: Gateway
+    gateway: LocalGateway
     ran: set[str] = field(default_factory=set)  # corpus kinds already sent
     baseline_rss: int = 0  # gateway RSS after warm-up, before the corpus
 
@@ -55,6 +56,5 @@ def corpus_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
             request.getfixturevalue("repository_224"),
             request.getfixturevalue("triton_224"),
         )
-    gateway = start_gateway(triton.ports.grpc, repo, **CORPUS_GATEWAY_ENV)
-    yield Stack(request.param, repo, triton, gateway)
-    stop_gateway(gateway)
+    with local_gateway(triton.ports.grpc, repo, **CORPUS_GATEWAY_ENV) as gateway:
+        yield Stack(request.param, repo, triton, gateway)

@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.openloop import BackgroundLoad, Shot
 from local_triton.launcher import LocalTriton
+from local_triton.procfs import children, established_on_port
 from tests.hardening import probe_repository
 from tests.hardening.hostile_images import encode, photo
-from tests.hardening.load import OpenLoop, Shot
-from tests.hardening.processes import children, established_on_port
 from tests.helpers import free_ports, start_gateway, stop_gateway
 
 DEADLINE_S = 2.0  # REQUEST_TIMEOUT_S of the gateways here
@@ -43,12 +43,13 @@ def fault_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fault_triton(fault_repository: Path, tmp_path: Path) -> Iterator[LocalTriton]:
-    log = (tmp_path / "tritonserver.log").open("w")
-    triton = LocalTriton(fault_repository / "cpu", free_ports(), log=log).start()
-    yield triton
-    triton.stop()
-    _kill_group(triton)
-    log.close()
+    with (tmp_path / "tritonserver.log").open("w") as log:
+        triton = LocalTriton(fault_repository / "cpu", free_ports(), log=log)
+        try:
+            yield triton.start()
+        finally:
+            triton.stop()
+            _kill_group(triton)
 
 
 def _kill_group(triton: LocalTriton) -> None:
@@ -77,7 +78,7 @@ def test_triton_sigkill_under_load_every_request_answered_in_time_and_recovery(
     gateway = start_gateway(
         fault_triton.ports.grpc, fault_repository, REQUEST_TIMEOUT_S=str(DEADLINE_S)
     )
-    load = OpenLoop(gateway.url, image, RATE, timeout_s=30)
+    load = BackgroundLoad(gateway.url, image, RATE, timeout_s=30)
     try:
         load.start()
         time.sleep(2.0)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from local_triton.procfs import rss_bytes
 from tests.hardening import corpus
 from tests.hardening.conftest import CORPUS_GATEWAY_ENV, Stack
-from tests.hardening.processes import rss_bytes
 from tests.hardening.sending import Answer, send, slow_upload
 from tests.helpers import start_gateway, stop_gateway
 

@@ -15,6 +15,7 @@ import pytest
 from loadtest.openloop import (
     CLOSED_LOOP,
     OPEN_LOOP,
+    BackgroundLoad,
     RunResult,
     capacity_at_slo,
     run,
@@ -104,6 +105,24 @@ def test_the_closed_loop_hides_the_same_stall_and_is_labelled():
     assert "closed-loop" in result.label and "stalls hidden" in result.label
     assert result.latency_ms["p99"] < 400 <= result.latency_ms["max"]
     assert capacity_at_slo([result], slo_p99_ms=1e9) is None
+
+
+def test_background_load_keeps_the_schedule_until_stopped_and_every_record(delay_server):
+    """The same open loop in a thread (the fault tests, scripts/soak.py): constant arrivals on
+    time.monotonic(), every request's record, latency from its scheduled send time."""
+    load = BackgroundLoad(delay_server, b"x", 40.0, path="/", params={"ms": "100"})
+    load.start()
+    time.sleep(1.0)
+    stopped_at = time.monotonic()
+    shots = load.stop()
+    assert 35 <= len(shots) <= 45, len(shots)
+    assert {s.status for s in shots} == {200}
+    assert all(s.error is None and s.code is None for s in shots)
+    gaps = np.diff([s.scheduled for s in shots])
+    assert np.allclose(gaps, 1 / 40.0), gaps
+    assert shots[0].scheduled == pytest.approx(load.started_at)
+    assert all(s.scheduled <= stopped_at + 1 / 40.0 for s in shots)  # one may be on its way
+    assert min(s.latency for s in shots) >= 0.1
 
 
 def test_closed_loop_throughput_against_a_known_delay(delay_server):

@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from service import auth
-from tests.helpers import png_bytes, start_gateway, stop_gateway
+from tests.helpers import local_gateway, png_bytes
 
 KEY = "s3cret-key"
 ORIGIN = "https://app.example"
@@ -16,12 +16,13 @@ ORIGIN = "https://app.example"
 
 @pytest.fixture(scope="module")
 def guarded(triton, repository):
-    gateway = start_gateway(
-        triton.ports.grpc, repository, API_KEY=KEY, CORS_ORIGINS=f'["{ORIGIN}"]'
-    )
-    with gateway.client() as client:
+    with (
+        local_gateway(
+            triton.ports.grpc, repository, API_KEY=KEY, CORS_ORIGINS=f'["{ORIGIN}"]'
+        ) as gateway,
+        gateway.client() as client,
+    ):
         yield client
-    stop_gateway(gateway)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from build import digits, rollout_reference, runtimes
-from build.graphs import ClassifyGraph
-from build.repository import onnx_path
+from build.checks import rollout_reference
+from build.graphs.modules import ClassifyGraph
+from build.model import digits
+from build.repository import runtimes
+from build.repository.writer import onnx_path
 from service import heatmap
 from service.images import decode
 from service.preprocess import Spec, preprocess

@@ -14,8 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
+from local_triton.gateway import LocalGateway
 from local_triton.launcher import LocalTriton
-from tests.helpers import Gateway, free_ports, png_bytes, start_gateway, stop_gateway
+from tests.helpers import free_ports, png_bytes, start_gateway, stop_gateway
 
 MODELS = ("vit_classify_fp32", "vit_classify_int8", "vit_explain_fp32")  # /readyz: fp32 ones
 
@@ -50,7 +51,7 @@ def test_triton_restarted_with_a_precision_removed_then_back(two_model_repo, rep
     image = png_bytes(heldout.images[0])
     log = (two_model_repo.parent / "restarts.log").open("w")
     triton = LocalTriton(two_model_repo, free_ports(), log=log).start()
-    gateway: Gateway | None = None
+    gateway: LocalGateway | None = None
     parked = two_model_repo.parent / "parked_int8"
     try:
         gateway = start_gateway(

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from timm.data import create_transform
 
-from build import runtimes
-from build.repository import onnx_path
+from build.repository import runtimes
+from build.repository.writer import onnx_path
 from service.images import decode
 from service.model_info import ModelMetadata
 from service.preprocess import FULL_RESIZE_MAX_AREA, Spec, draft_request, preprocess
@@ -120,8 +120,8 @@ def test_resize_work_is_bounded_by_the_model_input_not_the_image_shape(monkeypat
 @pytest.mark.parametrize("spec_name", list(SPECS))
 def test_parity_of_the_crop_region_resize_on_extreme_aspect_ratios(spec_name):
     """Past FULL_RESIZE_MAX_AREA only the crop region is resized (Pillow's resize box, whose
-    coordinates are float32): measured against timm, mean abs difference <= 0.5 of 255 (the
-    README quotes it). Normal photos never take this path (exact parity above)."""
+    coordinates are float32): measured against timm, mean abs difference <= 0.5 of 255 (docs/
+    reliability.md quotes it). Normal photos never take this path (exact parity above)."""
     spec = SPECS[spec_name]
     diffs = []
     for i, (w, h) in enumerate([(20, 900), (900, 20), (40, 1500), (1500, 30)]):

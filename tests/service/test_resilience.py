@@ -17,7 +17,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from local_triton.launcher import LocalTriton
-from tests.helpers import encode, free_ports, png_bytes, start_gateway, stop_gateway
+from tests.helpers import encode, free_ports, local_gateway, png_bytes, start_gateway, stop_gateway
 
 DEADLINE_S = 3.0
 
@@ -25,13 +25,12 @@ DEADLINE_S = 3.0
 @pytest.fixture(scope="module")
 def own_stack(repository, tmp_path_factory):
     """A Triton and a gateway of this module's own, so stopping Triton disturbs no other test."""
-    log = (tmp_path_factory.mktemp("triton") / "triton.log").open("w")
-    triton = LocalTriton(repository / "cpu", free_ports(), log=log).start()
-    gateway = start_gateway(triton.ports.grpc, repository, REQUEST_TIMEOUT_S=str(DEADLINE_S))
-    yield triton, gateway
-    stop_gateway(gateway)
-    triton.stop()
-    log.close()
+    with (
+        (tmp_path_factory.mktemp("triton") / "triton.log").open("w") as log,
+        LocalTriton(repository / "cpu", free_ports(), log=log) as triton,
+        local_gateway(triton.ports.grpc, repository, REQUEST_TIMEOUT_S=str(DEADLINE_S)) as gateway,
+    ):
+        yield triton, gateway
 
 
 def classify(client: httpx.Client, data: bytes) -> httpx.Response:

@@ -11,21 +11,21 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import Gateway, png_bytes, start_gateway, stop_gateway
+from local_triton.gateway import LocalGateway
+from tests.helpers import local_gateway, png_bytes, start_gateway, stop_gateway
 
 BODY_TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
 def one_slot_gateway(triton, repository):
-    gateway = start_gateway(
+    with local_gateway(
         triton.ports.grpc, repository, MAX_IN_FLIGHT="1", BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)
-    )
-    yield gateway
-    stop_gateway(gateway)
+    ) as gateway:
+        yield gateway
 
 
-def open_upload(gateway: Gateway, declared: int, first: bytes) -> socket.socket:
+def open_upload(gateway: LocalGateway, declared: int, first: bytes) -> socket.socket:
     """Headers and the first bytes of a body, the rest never sent (yet)."""
     url = urlsplit(gateway.url)
     sock = socket.create_connection((url.hostname, url.port), timeout=15)
@@ -49,7 +49,7 @@ def read_answer(sock: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
-def counted(gateway: Gateway, status: str) -> float:
+def counted(gateway: LocalGateway, status: str) -> float:
     with gateway.client() as client:
         text = client.get("/metrics").text
     pattern = rf'gateway_requests_total\{{endpoint="classify",status="{status}"\}} (\S+)'

@@ -1,6 +1,6 @@
 """Request tracing through the real stack (service/tracing.py): real HTTP into the gateway, real
 Triton behind it, started with its OpenTelemetry trace mode (local_triton OpenTelemetryTrace) and
-exporting to a real OTLP receiver (tests/otlp_receiver.py).
+exporting to a real OTLP receiver (loadtest/otlp_receiver.py).
 
 * spans on, in-memory exporter: the tree of one request (names, parents, attributes, times), the
   caller's trace id in the response headers, Triton's spans under the gateway's client span;
@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from tritonclient.utils import triton_to_np_dtype
 
+from loadtest.otlp_receiver import OtlpReceiver, ReceivedSpan
 from local_triton.launcher import LocalTriton, OpenTelemetryTrace
 from service.config import Settings
 from service.main import create_app
@@ -42,7 +43,6 @@ from tests.helpers import (
     start_gateway,
     stop_gateway,
 )
-from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"

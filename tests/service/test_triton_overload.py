@@ -23,7 +23,15 @@ from build.contract import JpegEnsembles, ModelContract
 from local_triton.launcher import LocalTriton
 from service.errors import ServiceError
 from service.triton import TritonBackend, Variant
-from tests.helpers import encode, free_port, free_ports, png_bytes, start_gateway, stop_gateway
+from tests.helpers import (
+    encode,
+    free_port,
+    free_ports,
+    local_gateway,
+    png_bytes,
+    start_gateway,
+    stop_gateway,
+)
 
 DELAY_S = 0.6
 
@@ -149,11 +157,11 @@ def slow_triton(tmp_path_factory):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(config)
         (repo / name / "1" / "model.py").write_text(code)
-    log = (repo.parent / "slow-triton.log").open("w")
-    server = LocalTriton(Path(repo), free_ports(), log=log).start()
-    yield server
-    server.stop()
-    log.close()
+    with (
+        (repo.parent / "slow-triton.log").open("w") as log,
+        LocalTriton(Path(repo), free_ports(), log=log) as server,
+    ):
+        yield server
 
 
 def post_many(
@@ -244,9 +252,8 @@ def test_the_deadline_counts_from_the_end_of_the_upload(slow_triton, repository,
 
 @pytest.fixture(scope="module")
 def gateway_on_slow(slow_triton, repository):
-    gateway = start_gateway(slow_triton.ports.grpc, repository, REQUEST_TIMEOUT_S="10")
-    yield gateway
-    stop_gateway(gateway)
+    with local_gateway(slow_triton.ports.grpc, repository, REQUEST_TIMEOUT_S="10") as gateway:
+        yield gateway
 
 
 def test_a_request_that_expires_in_tritons_queue_answers_504(gateway_on_slow, heldout):
@@ -405,11 +412,10 @@ def jpeg_gateway(slow_triton, repository, tmp_path_factory):
     contract = ModelContract.read(repository / "model.json")
     ensembles = JpegEnsembles("_jpeg", "jpeg", ["cpu"], "python stand-in (tests)")
     dataclasses.replace(contract, jpeg_ensembles=ensembles).write(folder / "model.json")
-    gateway = start_gateway(
+    with local_gateway(
         slow_triton.ports.grpc, folder, REQUEST_TIMEOUT_S="10", JPEG_TO_TRITON="true"
-    )
-    yield gateway
-    stop_gateway(gateway)
+    ) as gateway:
+        yield gateway
 
 
 def test_a_full_queue_on_the_jpeg_path_answers_503_with_retry_after(jpeg_gateway):

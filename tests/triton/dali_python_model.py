@@ -1,6 +1,6 @@
 """Stand-in for Triton's DALI backend on the local Triton (the pytriton wheel's Triton 2.51 has the
 python backend only): copied as <vit_preprocess_jpeg>/1/model.py beside model.dali, the cpu
-variant of build/dali_pipeline.py's one definition, serialized by the build's own writer.
+variant of build/repository/dali_pipeline.py's one definition, serialized by the build's own writer.
 
 It behaves as dali_backend does (src/dali_model_instance.cc, src/dali_executor/dali_executor.cc):
 the dynamic batcher's requests run as one DALI batch, rows are JPEG files (zero padding after the

@@ -1,5 +1,5 @@
 """The attribution model (vit_attribution_fp32) served by a real tritonserver, against the eager
-reference (build/attribution_reference.py): from the built default cpu repository, and from a
+reference (build/checks/attribution_reference.py): from the built default cpu repository, and from a
 repository written here for a registers-only, non-square model (the mean-of-patch-rows reading)."""
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from build import attribution_reference, contract, digits, export, graphs, repository
-from build.repository import model_name
+from build import contract
+from build.checks import attribution_reference
+from build.graphs import export, modules
+from build.model import digits
+from build.repository import writer
+from build.repository.writer import model_name
 from local_triton.launcher import LocalTriton
 from tests.build_stage.test_attribution import LAYOUTS, tiny_model
 from tests.helpers import free_ports
@@ -109,14 +113,14 @@ def registers_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("attribution-repository")
     version = root / "cpu" / MODEL / "1"
     version.mkdir(parents=True)
-    graph = graphs.AttributionGraph(model, spec.preprocessing, spec.layout)
+    graph = modules.AttributionGraph(model, spec.preprocessing, spec.layout)
     export.export_attribution(graph, spec.preprocessing.input_size, version / "model.onnx")
     (version.parent / "config.pbtxt").write_text(
-        repository.config_text(spec, "cpu", "attribution", "fp32")
+        writer.config_text(spec, "cpu", "attribution", "fp32")
     )
     (version.parent / "labels.txt").write_text("\n".join(spec.labels) + "\n")
-    shutil.copy2(repository.BUILD_DIR / "triton_python_model.py", version / "model.py")
-    shutil.copy2(repository.BUILD_DIR / "runtimes.py", version / "runtimes.py")
+    shutil.copy2(writer.BUILD_DIR / "triton_python_model.py", version / "model.py")
+    shutil.copy2(writer.BUILD_DIR / "runtimes.py", version / "runtimes.py")
     with (
         (root / "tritonserver.log").open("w") as log,
         LocalTriton(root / "cpu", free_ports(), log=log) as server,

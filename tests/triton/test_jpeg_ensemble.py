@@ -3,7 +3,8 @@
 The local Triton (pytriton's 2.51) has no DALI backend, so vit_preprocess_jpeg runs here as a
 python-backend model (tests/triton/dali_python_model.py) on the cpu variant of the same DALI
 pipeline, serialized by the build's writer; the ensembles are the gpu target's configs as the
-build writes them (build/jpeg_ensemble.py), their second step the cpu repository's own models.
+build writes them (build/repository/jpeg_ensemble.py), their second step the cpu repository's own
+models.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from build import dali_gate, jpeg_ensemble
+from build.checks import dali_gate
 from build.contract import JpegEnsembles
 from build.names import JPEG_INPUT, JPEG_MODEL_SUFFIX, PREPROCESS_MODEL, jpeg_model_name
-from build.repository import model_name
+from build.repository import jpeg_ensemble
+from build.repository.writer import model_name
 from loadtest.corpus import default_corpus
 from local_triton.launcher import LocalTriton
 from tests.helpers import encode, free_ports, start_gateway, stop_gateway

@@ -1,5 +1,5 @@
 """Sharing one machine (issue 17), against a real tritonserver: Triton's rate limiter with the
-configs' rate_limiter blocks (build/repository.py) and the launcher's flags, and the response
+configs' rate_limiter blocks (build/repository/writer.py) and the launcher's flags, and the response
 cache (the `local` cache the pytriton wheel ships).
 
 The rate-limiter tests serve the real classify and explain configs with a python model that
@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from build.repository import (
+from build.repository.writer import (
     EXPLAIN_RESOURCE,
     RATE_LIMIT_PRIORITY,
     RATE_LIMIT_RESOURCE,

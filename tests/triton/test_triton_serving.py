@@ -17,9 +17,11 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from build import digits, rollout_reference, runtimes
-from build.graphs import HEAD_FUSIONS, ClassifyGraph
-from build.repository import PRECISIONS, TASKS, model_name, onnx_path
+from build.checks import rollout_reference
+from build.graphs.modules import HEAD_FUSIONS, ClassifyGraph
+from build.model import digits
+from build.repository import runtimes
+from build.repository.writer import PRECISIONS, TASKS, model_name, onnx_path
 from local_triton.launcher import LocalTriton, Ports, TritonLaunchError
 from tests.helpers import ROOT, free_ports
 
