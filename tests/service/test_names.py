@@ -1,10 +1,10 @@
 """The gateway's copy of the Triton name contract (service/names.py) agrees with the build's
-(build/names.py), which the gateway image does not contain."""
+(build/names.py, build/tasks.py), which the gateway image does not contain."""
 
 from __future__ import annotations
 
 from build import names as build_names
-from build import repository
+from build import tasks
 from service import names
 
 
@@ -19,5 +19,5 @@ def test_the_gateways_names_are_the_builds():
 
 def test_model_names_are_prefix_task_precision():
     for task in names.TASKS:
-        assert names.model_name("vit", task, "fp16") == repository.model_name(task, "fp16")
-    assert names.TASKS == repository.VARIANT_TASKS
+        assert names.model_name("vit", task, "fp16") == tasks.model_name(task, "fp16")
+    assert names.TASKS == tasks.VARIANT_TASKS
