@@ -20,15 +20,17 @@ API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
 
 
-def require_api_key(expected: str) -> Callable[..., Awaitable[None]]:
-    expected_bytes = expected.encode()
+def matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
+
+def require_api_key(expected: str) -> Callable[..., Awaitable[None]]:
     async def check(
         key: Annotated[str | None, Security(API_KEY_HEADER)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
     ) -> None:
         given = key if key is not None else (bearer.credentials if bearer else None)
-        if given is None or not hmac.compare_digest(given.encode(), expected_bytes):
+        if not matches(given, expected):
             raise Unauthorized(
                 "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"
             )

@@ -18,6 +18,7 @@ from service import allocator, errors_http, explain_method, tracing
 from service.auth import require_api_key
 from service.config import Settings
 from service.deps import Services
+from service.fast_path import FastClassify
 from service.jpeg_path import JpegPath
 from service.limits import BodySizeLimit, InFlightLimiter
 from service.model_info import ModelMetadata
@@ -98,6 +99,9 @@ def create_app(
         '{"error": {"code": ..., "message": ...}}.',
         lifespan=lifespan,
     )
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if settings.fast_path:  # innermost: every layer below applies to it as to the routes
+        app.add_middleware(FastClassify, api_key=key)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )
@@ -111,7 +115,6 @@ def create_app(
         )
     app.add_middleware(RequestMetrics)  # outermost: also counts what BodySizeLimit refuses
     errors_http.install(app)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
     protected = [Depends(require_api_key(key))] if key else []  # off by default
     for module in (classify, explain):
         app.include_router(module.router, dependencies=protected)

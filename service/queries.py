@@ -19,17 +19,21 @@ Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 Output = Literal["png", "jpeg", "webp", "json"]
 
 
+PRECISION_PATTERN = "^[a-z0-9]{1,16}$"
+TOP_K_DEFAULT, TOP_K_MAX = 5, 1000
+
+
 def _precision() -> Any:
     return Query(
         None,
-        pattern="^[a-z0-9]{1,16}$",
+        pattern=PRECISION_PATTERN,
         description="model variant, e.g. fp32, fp16, int8: whatever the repository serves "
         "(default: DEFAULT_PRECISION, fp32 unless configured)",
     )
 
 
 def _top_k(description: str | None = None) -> Any:
-    return Query(5, ge=1, le=1000, description=description)
+    return Query(TOP_K_DEFAULT, ge=1, le=TOP_K_MAX, description=description)
 
 
 class ClassifyQuery(BaseModel):

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from service import inference, metrics, names
+from service.deps import Admission
 from service.inputs import read_uploads
 from service.queries import ClassifyQuery
 from service.routes.common import InferenceSlot, served_model
@@ -26,6 +27,12 @@ async def classify(
     request: Request, slot: InferenceSlot, query: Annotated[ClassifyQuery, Query()]
 ) -> ClassifyResponse:
     """Classify one or more images; one result per image, in request order."""
+    return await answer(request, slot, query)
+
+
+async def answer(request: Request, slot: Admission, query: ClassifyQuery) -> ClassifyResponse:
+    """The route's body once its query is valid; also what service/fast_path.py calls for a
+    request whose query it read itself."""
     services = slot.services
     variant = await services.variant(names.CLASSIFY_TASK, query.precision)
     uploads = await read_uploads(request, services.settings.max_files)

@@ -9,6 +9,8 @@ import json
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from service import triton as triton_module
@@ -36,21 +38,23 @@ class FakeClient:
         self.loaded = ["1"]  # READY versions of each model
         self.parameters: dict = {}  # the config's parameters (make publish writes some)
 
-    async def get_model_repository_index(self, as_json, client_timeout):
+    # Triton's answers as tritonclient gives them without as_json: protobuf messages
+    async def get_model_repository_index(self, client_timeout):
         self.index_calls += 1
         await asyncio.sleep(self.index_delay_s)
         if self.index_error is not None:
             raise self.index_error
         ready = [(m, v) for m in self.models for v in self.loaded]
-        return {"models": [{"name": m, "version": v, "state": "READY"} for m, v in ready]}
+        index = {"models": [{"name": m, "version": v, "state": "READY"} for m, v in ready]}
+        return json_format.ParseDict(index, service_pb2.RepositoryIndexResponse())
 
-    async def get_model_config(self, name, as_json, client_timeout):
+    async def get_model_config(self, name, client_timeout):
         config = {"name": name}
         if self.max_batch_size is not None:
             config["max_batch_size"] = self.max_batch_size
         if self.parameters:
             config["parameters"] = self.parameters
-        return {"config": config}
+        return json_format.ParseDict({"config": config}, service_pb2.ModelConfigResponse())
 
     async def infer(
         self, model, inputs, model_version="", client_timeout=None, timeout=None, outputs=None,
