@@ -113,21 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def start_stack(stack: ExitStack, repository: Path, out: Path) -> str:
-    from local_triton.gateway import LocalGateway
-    from local_triton.launcher import LocalTriton, Ports
+    from local_triton.gateway import local_stack
 
-    out.mkdir(parents=True, exist_ok=True)
-    log = stack.enter_context((out / "tritonserver.log").open("w"))
-    triton = stack.enter_context(LocalTriton(repository / "cpu", Ports.free(), log=log))
-    gateway = stack.enter_context(
-        LocalGateway(
-            f"127.0.0.1:{triton.ports.grpc}",
-            repository / "model.json",
-            settings={"ACCESS_LOG": "false"},  # no line per request
-            log=stack.enter_context((out / "gateway.log").open("w")),
-        )
-    )
-    return gateway.url
+    return local_stack(stack, repository, out)[1].url
 
 
 if __name__ == "__main__":

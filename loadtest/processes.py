@@ -79,7 +79,11 @@ def running(server: S) -> Iterator[S]:
 
 
 def gateway(
-    triton_grpc_port: int, repository: Path, log: IO[str], settings: dict[str, str] | None = None
+    triton_grpc_port: int,
+    repository: Path,
+    log: IO[str],
+    settings: dict[str, str] | None = None,
+    name: str = "gateway",
 ) -> LocalGateway:
     """The gateway exactly as `make serve` runs it (one worker), started and ready, at
     SERVER_NICENESS; its output to `log`. settings: the gateway's own environment variables
@@ -92,6 +96,7 @@ def gateway(
         metrics_dir=Path(tempfile.mkdtemp(prefix="bench-gateway-metrics-")),
         niceness=SERVER_NICENESS,
         ready_timeout_s=READY_TIMEOUT_S,
+        name=name,
     ).start()
 
 

@@ -32,6 +32,8 @@ from local_triton.procfs import cpu_seconds, free_port, lower_priority
 if TYPE_CHECKING:
     import httpx
 
+    from local_triton.launcher import LocalTriton
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 20
 
@@ -219,3 +221,23 @@ class LocalGateway:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_stack(
+    stack: contextlib.ExitStack, repository: Path, logs: Path
+) -> tuple[LocalTriton, LocalGateway]:
+    """A local Triton on repository/cpu and a one-worker gateway in front of it (no access log),
+    both stopped when `stack` closes; their logs in logs/ (tritonserver.log, gateway.log). For
+    the scripts that need the whole stack: the soak and the API fuzzer."""
+    from local_triton.launcher import LocalTriton, Ports
+
+    logs.mkdir(parents=True, exist_ok=True)
+    log = stack.enter_context((logs / "tritonserver.log").open("w"))
+    triton = stack.enter_context(LocalTriton(repository / "cpu", Ports.free(), log=log))
+    gateway = LocalGateway(
+        f"127.0.0.1:{triton.ports.grpc}",
+        repository / "model.json",
+        settings={"ACCESS_LOG": "false"},  # no line per request
+        log=stack.enter_context((logs / "gateway.log").open("w")),
+    )
+    return triton, stack.enter_context(gateway)

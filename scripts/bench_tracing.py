@@ -62,16 +62,7 @@ def gateway(
 ) -> LocalGateway:
     """A started one-worker gateway (as `make serve` runs it) at the benches' niceness."""
     log = (logs / f"{name.replace(' ', '_').replace(',', '')}.log").open("w")
-    return LocalGateway(
-        f"127.0.0.1:{grpc_port}",
-        repository / "model.json",
-        settings=env,
-        log=log,
-        metrics_dir=Path(tempfile.mkdtemp(prefix="bench-tracing-metrics-")),
-        niceness=processes.SERVER_NICENESS,
-        ready_timeout_s=processes.READY_TIMEOUT_S,
-        name=name,
-    ).start()
+    return processes.gateway(grpc_port, repository, log, env, name=name)
 
 
 def cpu_ms_per_request(server: LocalGateway, bodies: list[bytes], requests: int) -> float:

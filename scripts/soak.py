@@ -75,19 +75,9 @@ def at(samples: list[dict[str, float]], t: float, name: str) -> float:
 
 
 def start_stack(stack: ExitStack, repository: Path, out: Path) -> tuple[str, int, int]:
-    from local_triton.gateway import LocalGateway
-    from local_triton.launcher import LocalTriton, Ports
+    from local_triton.gateway import local_stack
 
-    log = stack.enter_context((out / "tritonserver.log").open("w"))
-    triton = stack.enter_context(LocalTriton(repository / "cpu", Ports.free(), log=log))
-    gateway = stack.enter_context(
-        LocalGateway(
-            f"127.0.0.1:{triton.ports.grpc}",
-            repository / "model.json",
-            settings={"ACCESS_LOG": "false"},  # no line per request
-            log=stack.enter_context((out / "gateway.log").open("w")),
-        )
-    )
+    triton, gateway = local_stack(stack, repository, out)
     assert triton.process is not None and gateway.process is not None
     return gateway.url, gateway.process.pid, triton.process.pid
 
