@@ -20,6 +20,7 @@ import re
 from urllib.parse import parse_qsl
 
 from fastapi.security.utils import get_authorization_scheme_param
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -79,23 +80,33 @@ class FastClassify:
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query = (
-            plain_query(scope["query_string"])
-            if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST"
-            else None
+        ours = (
+            scope["type"] == "http"
+            and scope["path"] == PATH
+            and scope["method"] == "POST"
+            # FastAPI's native telemetry (when on) names the request's span in its router
+            and scope.get("fastapi.telemetry") is None
         )
+        query = plain_query(scope["query_string"]) if ours else None
         if query is None or (self.api_key and not key_accepted(scope, self.api_key)):
             await self.app(scope, receive, send)
             return
         services: Services = scope["app"].state.services
         slot = Admission(services)
+        # As with the route's dependency, the slot is held while an answer is sent and released
+        # before an error is (release() is idempotent).
         try:
-            answer = await classify.answer(Request(scope, receive), slot, query)
-            # FastAPI's own serialisation of a response model (pydantic's JSON, by alias)
-            body = answer.model_dump_json(by_alias=True)
-            response = Response(body, media_type="application/json")
-        except ServiceError as exc:
-            response = errors_http.service_error_response(exc)
+            try:
+                answer = await classify.answer(Request(scope, receive), slot, query)
+                # FastAPI's own serialisation of a response model (pydantic's JSON, by alias)
+                body = answer.model_dump_json(by_alias=True)
+                response = Response(body, media_type="application/json")
+            except ServiceError as exc:
+                slot.release()
+                response = errors_http.service_error_response(exc)
+            except HTTPException as exc:  # what the route's exception middleware would map
+                slot.release()
+                response = errors_http.http_error_response(exc)
+            await response(scope, receive, send)
         finally:
             slot.release()
-        await response(scope, receive, send)

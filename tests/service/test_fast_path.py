@@ -188,3 +188,50 @@ def test_the_key_is_accepted_exactly_where_the_route_accepts_it(guarded, images,
     # a right key: the fast path answered (the route would have called its dependency); a wrong
     # one: the route's security dependency refused it before that dependency
     assert guarded.router_hits == []
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_in_flight_slot_is_held_while_the_answer_is_sent(triton, repository, images, fast):
+    """As the route's dependency holds it: a request being written still counts against
+    MAX_IN_FLIGHT; a refused one (here a corrupt image) no longer does when its error is sent."""
+    import asyncio
+
+    settings = Settings(
+        triton_url=f"127.0.0.1:{triton.ports.grpc}",
+        model_metadata=repository / "model.json",
+        access_log=False,
+        fast_path=fast,
+    )
+    app = create_app(settings)
+
+    async def post(body: bytes) -> list[tuple[int, int]]:
+        seen: list[tuple[int, int]] = []  # (status, requests in flight) at each body message
+        status = 0
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                seen.append((status, app.state.services.limiter.current))
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/classify", "raw_path": b"/classify", "root_path": "",
+            "query_string": b"top_k=2", "headers": [(b"content-type", b"image/png")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        }  # fmt: skip
+        await app(scope, receive, send)
+        return seen
+
+    async def run() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        async with app.router.lifespan_context(app):
+            return await post(images["png"]), await post(images["corrupt"])
+
+    answered, refused = asyncio.run(run())
+    assert answered == [(200, 1)]
+    assert refused == [(400, 0)]
