@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service import images, metrics
+from service import images, metrics, names
 from service.config import Settings
 from service.errors import TritonFailed, TritonUnavailable
 from service.inputs import Upload
@@ -127,11 +127,12 @@ class JpegPath:
             return None
         try:
             with metrics.stage(endpoint, "triton", timings):
+                files = [u.data for u in uploads]
                 out = await self.triton.infer_jpeg(
-                    model, self.ensembles.input, [u.data for u in uploads], ["logits"], deadline_s
+                    model, self.ensembles.input, files, [names.LOGITS], deadline_s
                 )
         except (TritonFailed, TritonUnavailable):
             metrics.JPEG_IMAGES.labels("fallback").inc(len(uploads))
             return None
         metrics.JPEG_IMAGES.labels("sent").inc(len(uploads))
-        return Classified(out["logits"], sizes)
+        return Classified(out[names.LOGITS], sizes)

@@ -40,7 +40,7 @@ from service.errors import (
     TritonUnavailable,
 )
 from service.model_info import CONTRACT_PARAMETER, SERVING_VERSION_PARAMETER, ModelMetadata
-from service.names import TASKS  # vit_<task>_<precision> on Triton
+from service.names import INPUT_NAME, TASKS  # vit_<task>_<precision> on Triton
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Ping Triton every 30 s, also between requests, so a connection dropped by a NAT, a load balancer
@@ -385,7 +385,7 @@ class TritonBackend:
         deadline_s: float,
         scalars: dict[str, np.generic],
     ) -> dict[str, np.ndarray]:
-        image = grpcaio.InferInput("image", list(images.shape), "UINT8")
+        image = grpcaio.InferInput(INPUT_NAME, list(images.shape), "UINT8")
         image.set_data_from_numpy(np.ascontiguousarray(images))
         inputs = [image]
         for name, value in scalars.items():
