@@ -16,8 +16,12 @@ fixed rate shared by all systems with every server's CPU time per request. Write
 
   python -m loadtest.bench_e2e [--models default,vit_small_patch16_224] [--slo-p99 500]
       [--seconds 10] [--systems naive,alone,triton,stack,floor] [--precisions fp32,fp16,int8]
-      [--tasks classify,explain] [--fixed-rate R] [--floor-max-rate 800] [--out docs/benchmarks]
-      [--label TEXT]
+      [--tasks classify,explain] [--fixed-rate R] [--floor-max-rate 800] [--floor-rate R]
+      [--model-cpus 0] [--out docs/benchmarks] [--label TEXT]
+
+--model-cpus gives the model CPUs of its own (Triton and the model alone there, the gateway and
+the generator on the rest), as on a GPU host; --floor-rate measures the serving floor's CPU per
+request at a rate nearer a GPU host's (docs/loadtest.md).
 
 Models other than "default" (the repository at --repository) are built once, with random weights
 and no network, into .run/bench-e2e/<model> with `python -m build.cli`; when the floor is the only
@@ -28,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import IO
 
@@ -96,7 +101,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="req/s for the side-by-side p50/p99 and "
         "CPU per request (default: half the naive server's capacity)",
     )
+    p.add_argument(
+        "--floor-rate",
+        type=float,
+        help="req/s of the serving floor's fixed-rate run (default: --fixed-rate): nearer a GPU "
+        "host's rate, the gateway's idle CPU (event-loop timers, gRPC keepalive, the catalog "
+        "refresh: a few core-ms per second) weighs less on each request",
+    )
     p.add_argument("--arrival", choices=["poisson", "constant"], default="poisson")
+    p.add_argument(
+        "--model-cpus",
+        help="CPU list (e.g. 0 or 0-3) for the model: Triton and the model alone run there, the "
+        "gateway and the generator on the other CPUs (the naive server on all): the layout of a "
+        "GPU host, where the model's compute does not share the front's cores. Default: all "
+        "share every CPU",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--prefix", default="e2e")
     p.add_argument("--label", default="", help="a caveat printed at the top of the report")
@@ -107,7 +126,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tasks = [s for s in args.tasks.split(",") if s]
     if unknown := set(args.systems) - set(SYSTEMS):
         p.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.cpus = None
+    if args.model_cpus is not None:
+        try:
+            args.cpus = cpu_layout(args.model_cpus, os.sched_getaffinity(0))
+        except ValueError as exc:
+            p.error(f"--model-cpus {args.model_cpus!r}: {exc}")
     return args
+
+
+def cpu_layout(spec: str, usable: set[int]) -> dict[str, set[int]]:
+    """{"model": ..., "front": ..., "all": ...} from a CPU list like "0", "0,2" or "0-3"; the
+    front gets every usable CPU the model does not."""
+    model: set[int] = set()
+    for part in spec.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError("expected a CPU list such as 0 or 0-3 or 0,2")
+        model |= set(range(int(first), int(last or first) + 1))
+    if not model or not model < usable:
+        raise ValueError(
+            f"the model's CPUs must be some, not all, of the usable ones {sorted(usable)}"
+        )
+    return {"model": model, "front": usable - model, "all": set(usable)}
 
 
 def repository_for(model: str, default: Path, floor_only: bool) -> Path:
@@ -163,9 +204,18 @@ class Bench:
                 f"precisions {args.precisions}"
             )
         self.alone: dict[str, dict] = {}
+        self.placement: dict[str, list[int]] = {}  # the CPUs each part ran on, as observed
         self.systems: list[dict] = []
         self.fixed_rate: float | None = args.fixed_rate
         self.open_logs: list[IO[str]] = []
+
+    def on(self, role: str) -> AbstractContextManager[None]:
+        """The block runs (and what it starts stays) on the CPUs of `role` under --model-cpus."""
+        return processes.on_cpus(self.args.cpus[role] if self.args.cpus else None)
+
+    def placed(self, part: str, pid: int = 0) -> None:
+        """Records the CPUs `part` runs on (pid 0: this thread), read from the kernel."""
+        self.placement[part] = sorted(os.sched_getaffinity(pid))
 
     def log(self, name: str) -> IO[str]:
         handle = (self.logs / f"{name}.log").open("a")
@@ -192,14 +242,17 @@ class Bench:
         stats: Callable[[], dict[str, float]] | None = None,
         max_rate: float | None = None,
         path: str | None = None,
+        fixed_rate: float | None = None,
     ) -> None:
         """Warm up, search the capacity, then one run at the fixed rate with CPU per request
         (and, through Triton, its queue and compute time per request and mean batch).
-        path: how a gateway fed Triton (TENSORS or JPEG_BYTES; None without a gateway)."""
+        path: how a gateway fed Triton (TENSORS or JPEG_BYTES; None without a gateway).
+        fixed_rate: this system's fixed rate instead of the one all share."""
         a = self.args
         print(f"\n== {system} {task} {precision}: {target.name}", flush=True)
         top = max_rate or a.max_rate
         start = a.start_rate if limit is None else max(a.start_rate, min(limit / 4, top / 4))
+        self.placed("generator")
         self.run_at(target, nice(start), a.warmup, progress=False)
 
         def probe(rate: float) -> RunResult:
@@ -215,7 +268,7 @@ class Bench:
         if isinstance(target, HttpTarget) and system in ("stack", "floor"):
             target = dataclasses.replace(target, stages=stages)
         before, stats_before = {name: read() for name, read in cpu.items()}, stats and stats()
-        fixed = self.run_at(target, self.fixed_rate, a.seconds)
+        fixed = self.run_at(target, fixed_rate or self.fixed_rate, a.seconds)
         used = {name: read() - before[name] for name, read in cpu.items()}
         in_triton = processes.per_request(stats_before, stats()) if stats and stats_before else None
         print(f"  at the fixed rate: {one_line(fixed)}", flush=True)
@@ -248,15 +301,19 @@ class Bench:
                 self.repository / "cpu" / f"vit_{task}_{precision}"
             )
             print(f"model alone: {served.name} ({served.runtime}) ...", flush=True)
-            self.alone[f"{task}/{precision}"] = model_alone.limit(
-                served, images, self.args.alone_seconds
-            )
+            with self.on("model"):  # its threads (and OpenVINO's) are started in the block
+                self.placed("model alone")
+                self.alone[f"{task}/{precision}"] = model_alone.limit(
+                    served, images, self.args.alone_seconds
+                )
             print(
                 f"  best {self.alone[f'{task}/{precision}']['best_images_per_s']} img/s", flush=True
             )
 
     def naive(self) -> None:
-        with processes.running(processes.naive(self.repository, self.log("naive"))) as server:
+        with self.on("all"):
+            server = processes.naive(self.repository, self.log("naive"))
+        with processes.running(server):
             target = HttpTarget("naive /classify", server.url, "/classify", self.bodies)
             self.measure("naive", "classify", "fp32", target, {"server": server.cpu_seconds}, None)
 
@@ -268,7 +325,8 @@ class Bench:
             for task, precision in self.variants:
                 name = f"vit_{task}_{precision}"
                 (subset / name).symlink_to((self.repository / "cpu" / name).resolve())
-            triton = processes.triton(Path(tmp), self.log("triton"))
+            with self.on("model"):
+                triton = processes.triton(Path(tmp), self.log("triton"))
             try:
                 self._triton_and_stack(triton)
             finally:
@@ -278,6 +336,7 @@ class Bench:
         grpc = f"127.0.0.1:{triton.ports.grpc}"
         assert triton.process is not None  # started
         pid = triton.process.pid
+        self.placed("triton", pid)
         triton_cpu = {"triton": lambda: processes.cpu_seconds(pid)}
 
         def stats(model: str) -> Callable[[], dict[str, float]]:
@@ -294,6 +353,8 @@ class Bench:
         if "stack" not in self.args.systems:
             return
         gateway = processes.gateway(triton.ports.grpc, self.repository, self.log("gateway"))
+        assert gateway.process is not None  # started
+        self.placed("gateway", gateway.process.pid)
         with processes.running(gateway):
             cpu = {"gateway": gateway.cpu_seconds, **triton_cpu}
             for task, precision in self.variants:
@@ -318,11 +379,13 @@ class Bench:
         names = [f"vit_{task}_{precision}" for task, precision in self.variants]
         with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp, ExitStack() as stack:
             repository = floor.write_repository(self.repository, Path(tmp), names)
-            triton = processes.triton(repository, self.log("floor-triton"))
+            with self.on("model"):
+                triton = processes.triton(repository, self.log("floor-triton"))
             stack.callback(triton.stop)
             grpc, http = triton.ports.grpc, triton.ports.http
             assert triton.process is not None  # started
             pid = triton.process.pid
+            self.placed("triton", pid)
             gateways = {
                 path: stack.enter_context(
                     processes.running(
@@ -334,6 +397,9 @@ class Bench:
                 for path, settings in FLOOR_PATHS.items()
                 if path == TENSORS or "classify" in self.args.tasks
             }
+            for path, gateway in gateways.items():
+                assert gateway.process is not None  # started
+                self.placed(f"gateway ({path})", gateway.process.pid)
             for (task, precision), name in zip(self.variants, names, strict=True):
                 for path, gateway in gateways.items():
                     if path == JPEG_BYTES and task != "classify":
@@ -357,6 +423,7 @@ class Bench:
                     self.measure(
                         "floor", task, precision, target, cpu, None, stats,
                         max_rate=self.args.floor_max_rate, path=path,
+                        fixed_rate=self.args.floor_rate,
                     )  # fmt: skip
 
     def limit(self, task: str, precision: str) -> float | None:
@@ -365,7 +432,8 @@ class Bench:
 
 
 def bench_model(args: argparse.Namespace, model: str) -> dict:
-    repository = repository_for(model, args.repository, set(args.systems) <= {"floor"})
+    with processes.on_cpus(args.cpus["all"] if args.cpus else None):  # a build uses them all
+        repository = repository_for(model, args.repository, set(args.systems) <= {"floor"})
     logs = Path(tempfile.mkdtemp(prefix=f"bench-e2e-{model}-"))
     print(f"\n##### {model}: {repository} (server logs in {logs})", flush=True)
     bench = Bench(args, repository, logs)
@@ -387,6 +455,12 @@ def bench_model(args: argparse.Namespace, model: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m loadtest.bench_e2e " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # The generator (this thread) and the gateways it starts run on the front's CPUs.
+    with processes.on_cpus(args.cpus["front"] if args.cpus else None):
+        return bench_models(args, command)
+
+
+def bench_models(args: argparse.Namespace, command: str) -> int:
     for model in args.models:
         try:
             result = bench_model(args, model)

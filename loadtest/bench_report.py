@@ -51,7 +51,8 @@ def slug(model: str) -> str:
     return model.replace("_", "-").replace(".", "-")
 
 
-def machine(load_before: list[float]) -> dict:
+def machine(load_before: list[float], cores_usable: int | None = None) -> dict:
+    """cores_usable: the process's when None (under --model-cpus this thread runs on a part)."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -68,7 +69,7 @@ def machine(load_before: list[float]) -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
+        "cores_usable": cores_usable or len(os.sched_getaffinity(0)),
         "memory_gib": round(int(mem) / 2**20, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -154,7 +155,7 @@ def assemble(
         "repository": str(repository),
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
-        "machine": machine(load_before),
+        "machine": machine(load_before, len(args.cpus["all"]) if args.cpus else None),
         "versions": versions(),
         "method": {
             "generator": f"open loop, {args.arrival} arrivals, latency from the scheduled send "
@@ -167,6 +168,9 @@ def assemble(
             "search": f"double from {args.start_rate:g} req/s (or a quarter of the model-alone "
             f"limit) up to {args.max_rate:g}, then {args.refine} bisection steps",
             "fixed_rate_rps": bench.fixed_rate,
+            # --model-cpus: where the model ran and where the front (gateway, generator) did
+            "cpus": {k: sorted(v) for k, v in args.cpus.items()} if args.cpus else None,
+            "placement": bench.placement,
             "errors_allowed": "< 1% non-200 answers",
         },
         "corpus": bench.corpus.summary(),
@@ -180,6 +184,12 @@ def system_label(system: dict) -> str:
     bytes rows beside its tensor rows)."""
     path = system.get("path")
     return system["system"] + (f", {path}" if path not in (None, "tensors") else "")
+
+
+def _row_label(system: dict, fixed: float) -> str:
+    """system_label, and the system's own fixed rate where it is not the shared one."""
+    rate = system["fixed"]["rate"]
+    return system_label(system) + (f" (at {rate:g} req/s)" if rate != fixed else "")
 
 
 def _fmt_ratio(r: dict | None) -> str:
@@ -228,6 +238,17 @@ def _fmt_of_alone(s: dict) -> str:
     return ("" if s["bound"] == MEASURED else ">= ") + f"{100 * s['of_alone']:.0f}%"
 
 
+def _cpu_layout(cpus: dict[str, list[int]] | None) -> list[str]:
+    if not cpus:
+        return ["CPUs: every process shares every CPU (the model competes with the front).", ""]
+    return [
+        f"CPUs (--model-cpus): the model (Triton, the model alone) on {cpus['model']}, the "
+        f"gateway and the generator on {cpus['front']}, the naive server on {cpus['all']}: the "
+        "front does not take the model's cores, as on a GPU host.",
+        "",
+    ]
+
+
 def markdown(result: dict, plot_names: tuple[str, str]) -> str:
     m, method = result["machine"], result["method"]
     slo, fixed = method["slo_p99_ms"], method["fixed_rate_rps"]
@@ -243,6 +264,7 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
         f"Method: {method['generator']}; {method['seconds_per_rate']} s per rate; capacity search: "
         f"{method['search']}. Corpus: {result['corpus']}.",
         "",
+        *_cpu_layout(method.get("cpus")),
         f"## Capacity at p99 <= {slo:g} ms, and p50/p99 at {fixed:g} req/s",
         "",
         f"| system | task | precision | capacity req/s | x naive | of model alone "
@@ -255,7 +277,7 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
         server = cpu.get("gateway", cpu.get("server", "-"))
         of_alone = _fmt_of_alone(s)
         lines.append(
-            f"| {system_label(s)} | {s['task']} | {s['precision']} | {s['capacity']} "
+            f"| {_row_label(s, fixed)} | {s['task']} | {s['precision']} | {s['capacity']} "
             f"| {_fmt_ratio(s['vs_naive'])} | {of_alone} | {lat.get('p50', '-')} "
             f"| {lat.get('p99', '-')} | {s['fixed']['errors']}/{s['fixed']['sent']} | {server} "
             f"| {cpu.get('triton', '-')} | {cpu.get('generator', '-')} |"
@@ -279,16 +301,16 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
             "(JPEG_TO_TRITON=false); `jpeg bytes`, it checks the headers and sends the file to "
             "`<model>_jpeg` (the DALI ensemble's interface; nothing decodes it here).",
             "",
-            "| task | precision | path | capacity req/s | gateway core-ms/req "
+            "| task | precision | path | capacity req/s | measured at req/s | gateway core-ms/req "
             "| Triton core-ms/req | cores per 1,000 img/s: gateway | with Triton |",
-            "|---|---|---|---|---:|---:|---:|---:|",
+            "|---|---|---|---|---:|---:|---:|---:|---:|",
         ]
         for s in floors:
             cpu, cores = s["cpu_ms_per_request"], s["cores_per_1000_images_per_s"]
             lines.append(
                 f"| {s['task']} | {s['precision']} | {s.get('path') or '-'} | {s['capacity']} "
-                f"| {cpu['gateway']} | {cpu['triton']} | {cores['gateway']} "
-                f"| {cores['with_triton']} |"
+                f"| {s['fixed']['rate']:g} | {cpu['gateway']} | {cpu['triton']} "
+                f"| {cores['gateway']} | {cores['with_triton']} |"
             )
         lines += [
             "",
@@ -311,7 +333,7 @@ def markdown(result: dict, plot_names: tuple[str, str]) -> str:
             t, g = s["triton_per_request"], s.get("gateway_stages_ms") or {}
             stages = ", ".join(f"{k} {v:g}" for k, v in g.items()) or "-"
             lines.append(
-                f"| {system_label(s)} | {s['task']} | {s['precision']} "
+                f"| {_row_label(s, fixed)} | {s['task']} | {s['precision']} "
                 f"| {s['fixed']['latency_ms'].get('p50', '-')} | {t['queue_ms']} "
                 f"| {t['compute_ms']} | {t['mean_batch']} | {stages} |"
             )

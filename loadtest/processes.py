@@ -130,6 +130,21 @@ def triton(repository: Path, log: IO[str]) -> LocalTriton:
     return triton
 
 
+@contextlib.contextmanager
+def on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """Runs the block on `cpus` (None: as it is): the CPU affinity of this thread, which the
+    threads and processes it starts inherit (Linux keeps affinity per thread), restored after."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def triton_model_stats(http_port: int, model: str) -> dict[str, float]:
     """Cumulative counters of one model from Triton's statistics API: requests, executions
     (batches), and nanoseconds queued and computing, summed over every request."""

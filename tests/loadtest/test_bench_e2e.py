@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from loadtest import bench_e2e
+from loadtest import bench_e2e, processes
 from loadtest.openloop import SUCCESS
 
 
@@ -141,3 +143,61 @@ def test_bad_input_is_one_error_line(repository: Path, tmp_path: Path, capsys):
     argv = ["--models", "default", "--repository", str(repository), "--precisions", "bf16"]
     assert bench_e2e.main(argv) == 2
     assert "serves none of tasks" in capsys.readouterr().err
+
+
+def test_cpu_layout_gives_the_front_every_cpu_the_model_does_not():
+    usable = {0, 1, 2, 3}
+    assert bench_e2e.cpu_layout("0", usable) == {"model": {0}, "front": {1, 2, 3}, "all": usable}
+    assert bench_e2e.cpu_layout("0-1,3", usable)["front"] == {2}
+    for bad in ("", "0-", "a", "0-3", "7", "-1"):  # unreadable, all of them, or none usable
+        with pytest.raises(ValueError):
+            bench_e2e.cpu_layout(bad, usable)
+
+
+def test_a_process_started_on_cpus_keeps_them_and_the_thread_gets_its_own_back():
+    mine = os.sched_getaffinity(0)
+    one = {min(mine)}
+    show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    with processes.on_cpus(one):
+        child = subprocess.Popen(show, stdout=subprocess.PIPE, text=True)
+        assert os.sched_getaffinity(0) == one
+    assert os.sched_getaffinity(0) == mine
+    out, _ = child.communicate(timeout=30)
+    assert out.strip() == str(sorted(one))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable CPUs")
+def test_model_cpus_put_triton_on_them_and_the_front_on_the_others(
+    repository: Path, tmp_path: Path
+):
+    usable = sorted(os.sched_getaffinity(0))
+    code = bench_e2e.main(
+        [
+            "--models", "default", "--repository", str(repository),
+            "--systems", "alone,floor", "--tasks", "classify", "--precisions", "int8",
+            "--seconds", "0.5", "--warmup", "0.2", "--alone-seconds", "0.05",
+            "--start-rate", "8", "--floor-max-rate", "8", "--refine", "0", "--fixed-rate", "4",
+            "--arrival", "constant", "--out", str(tmp_path), "--model-cpus", str(usable[0]),
+            "--floor-rate", "6",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert sorted(os.sched_getaffinity(0)) == usable  # the test's own thread is given back
+    result = json.loads((tmp_path / "e2e-default.json").read_text())
+    model, front = [usable[0]], usable[1:]
+    assert result["method"]["cpus"] == {"model": model, "front": front, "all": usable}
+    # what the kernel reported for each part while it ran
+    assert result["method"]["placement"] == {
+        "model alone": model,
+        "triton": model,
+        "gateway (tensors)": front,
+        "gateway (jpeg bytes)": front,
+        "generator": front,
+    }
+    assert result["machine"]["cores_usable"] == len(usable)
+    # the floor's fixed-rate runs at --floor-rate, the others at --fixed-rate
+    assert [s["fixed"]["rate"] for s in result["systems"]] == [6, 6]
+    assert [s["fixed"]["sent"] for s in result["systems"]] == [3, 3]
+    md = (tmp_path / "e2e-default.md").read_text()
+    assert "| floor, jpeg bytes (at 6 req/s) | classify | int8 |" in md
+    assert f"the model (Triton, the model alone) on {model}" in md

@@ -80,6 +80,7 @@ def test_bench_record_json_markdown_and_plots(tmp_path: Path):
             "systems": systems,
             "alone": {},
             "fixed_rate": 5.0,
+            "placement": {},
             "corpus": type("C", (), {"summary": lambda self: {"images": 24}})(),
         },
     )()
@@ -95,6 +96,7 @@ def test_bench_record_json_markdown_and_plots(tmp_path: Path):
             "start_rate": 4.0,
             "max_rate": 40.0,
             "refine": 1,
+            "cpus": None,  # no --model-cpus
         },
     )()
     result = bench_report.assemble(args, "default", tmp_path, bench, 0.0, [1.0, 1.0, 1.0])
@@ -122,6 +124,7 @@ def test_bench_record_json_markdown_and_plots(tmp_path: Path):
     md = paths[1].read_text()
     assert "> **SMOKE RUN**" in md and "Capacity at p99 <= 500 ms" in md
     assert "`python -m loadtest.bench_e2e --models default`" in md
+    assert "CPUs: every process shares every CPU" in md
     assert "| classify int8 | >= 4x naive | 5x | met |" in md
     assert "| classify int8 | >= 75% of model alone | 50% | not met |" in md
     # fp32 is a lower bound 1.2x < 1.5x: the run cannot say it was missed.
